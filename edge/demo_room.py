@@ -3,9 +3,10 @@
 The station agent runs as in production with its GB/T 28181 platform (live Play only: downloads off), the
 rooms service and the uplink to an embedded central (edge.demo's rig: HTTPS, or MQTT with
 ``--transport mqtt``). One room has two sources: a simulated GB/T 28181 IPC (simulators.gb28181, over
-real SIP and RTP sockets, looping an H.264 recording with G.711A audio; read through the channel's live
-socket) and an ffmpeg test source (lavfi testsrc2 with a tone). The demo starts a session, lets it record
-`room_seconds`, stops it, waits until the uplink has sent everything, verifies both stores, and reports:
+real SIP and RTP sockets, looping an H.264 recording with G.711A audio; recorded with its sound through
+the channel's feed, edge.rooms.gb_feed) and an ffmpeg test source (lavfi testsrc2 with a tone). The demo
+starts a session, lets it record `room_seconds`, stops it, waits until the uplink has sent everything,
+verifies both stores, and reports:
 
 * ``segments``: segment files the room's ffmpeg runs closed (sealed + any left unsealed in the capture
   directory), per source in ``sources``; ``sealed``: ``segment_sealed`` entries of the session;

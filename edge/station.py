@@ -415,6 +415,7 @@ class StationAgent:
         stop_s = self.config.rooms.stop_timeout_s + 30.0
         supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))
         supervisor.add(TaskSpec("rooms-space", self.rooms.space.run, critical=False))
+        supervisor.add(TaskSpec("rooms-reserve", self.rooms.reserve.run, critical=False))
         # Each room's lamp panel and PTZ camera (edge.rooms.hardware): a panel unplugged costs the buttons
         # and the lamp, never recording; the task reconnects by itself.
         for room in self.config.rooms.room:

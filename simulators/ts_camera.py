@@ -7,7 +7,11 @@ Each client gets the file from its beginning, paced so that it plays in `content
   camera's or GB/T 28181 IPC's GOP cache / pre-buffer, sent as fast as the network allows: `burst_speed`
   stream seconds per station second, or as fast as the client takes it), then the rest in real time;
 * `speed`: a camera whose stream runs faster than real time throughout (a clock that lies, a replayed
-  recording): a sustained flood.
+  recording): a sustained flood;
+* a flood at normal timestamps (:func:`flooding_feed`, ``--flood-mbps``): the feed re-encoded at a constant
+  bitrate far above what its picture needs (H.264 filler NAL units, as a CBR camera set to 200 Mbit/s
+  sends), with the same frames and timestamps, served in real time: the stream's clock is honest, its
+  bytes are not (review 29).
 
 Pacing is by bytes (the file's size over its length), which is close enough for a constant-rate encode.
 """
@@ -18,6 +22,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +92,24 @@ class TsCamera:
         return await asyncio.start_server(self.serve, host, port)
 
 
+def flooding_feed(feed: Path, out: Path, mbit_s: float, *, ffmpeg: str = "ffmpeg",
+                  timeout_s: float = 600.0) -> bytes:
+    """`feed` (MPEG-TS) re-encoded into `out` at `mbit_s` Mbit/s constant bitrate: x264's HRD in CBR mode
+    pads every frame with filler NAL units, which a stream copy keeps. Same frames, same timestamps (the
+    frame rate is the feed's), so only the bytes flood. Its bytes."""
+    if not mbit_s > 0:
+        raise ValueError(f"mbit_s must be above 0, got {mbit_s}")
+    rate = f"{mbit_s:g}M"
+    # Key frames where the feed has them: a camera's GOP, not x264's default of 250 frames (ffmpeg would
+    # hold a whole GOP in memory and write it at once).
+    subprocess.run([ffmpeg, "-v", "error", "-y", "-i", str(feed), "-map", "0", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-force_key_frames", "source", "-x264-params", "nal-hrd=cbr:filler=1",
+                    "-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", f"{mbit_s / 10:g}M",
+                    "-c:a", "copy", "-f", "mpegts", str(out)],
+                   check=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    return out.read_bytes()
+
+
 async def _serve_forever(camera: TsCamera, host: str, port: int) -> None:
     server = await camera.start(host, port)
     log.info("ts camera on tcp://%s:%d", host, server.sockets[0].getsockname()[1])
@@ -102,6 +126,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--burst-speed", type=float, default=None,
                         help="stream seconds per second of the burst (default: as fast as the client takes)")
     parser.add_argument("--speed", type=float, default=1.0, help="stream seconds per second afterwards")
+    parser.add_argument("--flood-mbps", type=float, default=None,
+                        help="fault: serve the feed re-encoded at this many Mbit/s (filler), timestamps "
+                        "unchanged: a flood at normal timestamps")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8554)
     args = parser.parse_args(argv)
@@ -110,7 +137,13 @@ def main(argv: list[str]) -> int:
         config = TsCameraConfig(args.content_s, args.connect_burst_s, args.speed, args.burst_speed)
     except ValueError as exc:
         parser.error(str(exc))
-    camera = TsCamera(args.feed.read_bytes(), config)
+    feed: bytes = args.feed.read_bytes()
+    if args.flood_mbps is not None:
+        if not args.flood_mbps > 0:
+            parser.error(f"--flood-mbps must be above 0, got {args.flood_mbps}")
+        with tempfile.TemporaryDirectory(prefix="ts-camera-") as work:
+            feed = flooding_feed(args.feed, Path(work) / "flood.ts", args.flood_mbps)
+    camera = TsCamera(feed, config)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(camera, args.host, args.port))
     return 0

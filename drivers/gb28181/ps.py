@@ -469,6 +469,11 @@ def _pack_header_length(buffer: bytes | bytearray, at: int) -> int | None:
     return None
 
 
+def pack_header_length(buffer: bytes | bytearray, at: int) -> int | None:
+    """The length of the pack header at `at`: 0 if more bytes are needed, None if it is not one."""
+    return _pack_header_length(buffer, at)
+
+
 @dataclass
 class PsStats:
     bytes_in: int = 0

@@ -21,11 +21,12 @@ the application (``app[CENTRAL]``) for the service and for tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -61,10 +62,11 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import StationKey
+from edge.custody.receipt import TreeHead
 from edge.pki.names import IdentityError
 
 if TYPE_CHECKING:
-    from edge.central.tus_shared_store import SharedTusStore
+    from edge.central.postgres.tus_shared_store import SharedTusStore
 
 __all__ = [
     "BOUNDS",
@@ -86,6 +88,10 @@ TUS_BASE_PATH = "/v1/uploads"
 # Expired uploads are looked for this often (bounded both ways around the shorter expiry time).
 _PURGE_MIN_INTERVAL_S = 60.0
 _PURGE_MAX_INTERVAL_S = 3600.0
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -115,6 +121,16 @@ class CentralParts:
         if not isinstance(self.objects, FileObjectStore):
             raise TypeError(f"the object store is {self.objects!r}, not a local folder")
         return self.objects
+
+    async def read(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``work(*args, **kwargs)``, reads of the index or the console's store, off the event loop
+        (:meth:`edge.central.storage.UnitOfWork.run_reads`)."""
+        return await self.index.unit.run_reads(functools.partial(work, *args, **kwargs))
+
+    async def write(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``work(*args, **kwargs)``, which opens its transactions itself, on the database's writer
+        (:meth:`edge.central.storage.UnitOfWork.run_writes`)."""
+        return await self.index.unit.run_writes(functools.partial(work, *args, **kwargs))
 
 
 CENTRAL = web.AppKey("central", CentralParts)
@@ -267,37 +283,37 @@ class StationEndpoints:
     async def identify(self, request: web.Request) -> str:
         """The tus layer's caller: an enrolled, active station, or a tus refusal with a JSON body."""
         try:
-            return self.parts.auth.station(request).station_id
+            return (await self.parts.read(self.parts.auth.station, request)).station_id
         except Rejection as rejection:
             raise TusRequestError(rejection.status, str(rejection.code), rejection.detail) from None
 
-    def _recorded(self, rejection: Rejection, caller: Caller) -> Rejection:
-        return self.parts.registrar.reject(rejection, station=caller.station_id, remote=caller.remote)
+    async def _recorded(self, rejection: Rejection, caller: Caller) -> Rejection:
+        return await self.parts.registrar.rejected(rejection, station=caller.station_id, remote=caller.remote)
 
     async def ledger_head(self, request: web.Request) -> web.Response:
-        caller = self.parts.auth.station(request)
+        caller = await self.parts.read(self.parts.auth.station, request)
         try:
             answer = await self.parts.registrar.ledger_head(caller, request.match_info["station"])
             return json_response(answer)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
 
     async def post_ledger(self, request: web.Request) -> web.Response:
-        caller = self.parts.auth.station(request)
+        caller = await self.parts.read(self.parts.auth.station, request)
         try:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
         await self.parts.registrar.accept_segment(caller, request.match_info["station"], doc)
         # The accepted head, witnessed (signed) by the central, and the log's tree head.
         return json_response(await self.parts.registrar.ledger_answer(caller))
 
     async def post_item(self, request: web.Request) -> web.Response:
-        caller = self.parts.auth.station(request)
+        caller = await self.parts.read(self.parts.auth.station, request)
         try:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
         started = time.monotonic()
         try:
             registered = await self.parts.registrar.register_item(caller, request.match_info["station"], doc)
@@ -308,50 +324,53 @@ class StationEndpoints:
         return json_response({"receipt": registered.receipt.to_dict()}, status=status)
 
     async def tree_head(self, request: web.Request) -> web.Response:
-        self.parts.auth.station_or_reader(request)
-        with self.parts.index.transaction():
-            head = self.parts.merkle.tree_head()
+        await self.parts.read(self.parts.auth.station_or_reader, request)
+        head = await self.parts.write(self._tree_head_now)
         return json_response(head.to_dict())
+
+    def _tree_head_now(self) -> TreeHead:
+        """The log's signed tree head, signing one when the newest does not cover the log (the writer's)."""
+        with self.parts.index.transaction():
+            return self.parts.merkle.tree_head()
 
     async def checkpoint(self, request: web.Request) -> web.Response:
         """The latest tree head as a C2SP tlog-checkpoint signed note (text/plain), for outside witnesses."""
-        self.parts.auth.station_or_reader(request)
-        with self.parts.index.transaction():
-            head = self.parts.merkle.tree_head()
+        await self.parts.read(self.parts.auth.station_or_reader, request)
+        head = await self.parts.write(self._tree_head_now)
         note = sign_note(checkpoint_text(head.origin, head.tree_size, head.root), head.origin,
                          self.parts.signing_key)
         return web.Response(text=note, content_type="text/plain", charset="utf-8")
 
     async def consistency(self, request: web.Request) -> web.Response:
-        self.parts.auth.station_or_reader(request)
+        await self.parts.read(self.parts.auth.station_or_reader, request)
         first = _size_param(request, "first")
         second = _size_param(request, "second")
-        size = self.parts.merkle.size()
+        size = await self.parts.read(self.parts.merkle.size)
         if not first <= second <= size:
             raise Rejection(
                 RejectCode.BAD_REQUEST,
                 f"expected 0 <= first <= second <= {size} (the log size), "
                 f"found first={first} second={second}",
             )
-        proof = self.parts.merkle.consistency_proof(first, second)
+        proof = await self.parts.read(self.parts.merkle.consistency_proof, first, second)
         return json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
 
     async def inclusion(self, request: web.Request) -> web.Response:
-        principal = self.parts.auth.station_or_reader(request)
+        principal = await self.parts.read(self.parts.auth.station_or_reader, request)
         item = request.query.get("item", "")
-        receipt = self.parts.registrar.receipt_for(item) if item else None
+        receipt = await self.parts.registrar.receipt(item) if item else None
         if receipt is not None and principal.kind == "reader":
             # A reader's scope as on the read side: an item it may not see answers like a missing one.
             from edge.central.console.scope import log_read, scope_of
 
-            scope = scope_of(self.parts, principal.name)
-            log_read(request, scope, "inclusion", item=item[:64])
-            if not self.parts.index.item_visible(item, scope):
+            scope = await self.parts.read(scope_of, self.parts, principal.name)
+            await self.parts.write(log_read, request, scope, "inclusion", item=item[:64])
+            if not await self.parts.read(self.parts.index.item_visible, item, scope):
                 receipt = None
         if receipt is not None and principal.kind == "station":
             # A station learns about its own items only; another station's item answers exactly like an
             # item that does not exist, so the answer does not tell which items exist.
-            record = self.parts.index.item(item)
+            record = await self.parts.read(self.parts.index.item, item)
             if record is None or record.station != principal.name:
                 if record is not None:
                     log.warning("station %s asked for the inclusion proof of item %s of station %s",
@@ -428,6 +447,7 @@ def build_app(
     metrics.watch_lock_extensions(index.pending_lock_count)
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
+        # The authenticator's checks run off the loop (CentralParts.read): this records in their thread.
         registrar.reject(rejection, station=station, remote=remote)
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
@@ -512,8 +532,8 @@ def _upload_store(config: CentralConfig, objects: ObjectStore) -> TusUploadStore
     # Imported here: psycopg and boto3 are needed only by a central configured for both.
     import psycopg
 
+    from edge.central.postgres.tus_shared_store import SharedTusStore
     from edge.central.s3_objects import S3ObjectStore
-    from edge.central.tus_shared_store import SharedTusStore
 
     assert isinstance(objects, S3ObjectStore)
     url = index.url

@@ -56,6 +56,10 @@ class PeerCertificate:
     sha256: str
 
 
+# The request's client certificate as read from its connection, in a 1-tuple (its None: none).
+_PEER: web.RequestKey[tuple[PeerCertificate | None]] = web.RequestKey("edge-peer-certificate", tuple)
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller: ``kind`` is ``station`` or ``reader``."""
@@ -65,7 +69,13 @@ class Principal:
 
 
 def peer_certificate(request: web.Request) -> PeerCertificate | None:
-    """The client certificate of the request's TLS connection, None on plain HTTP or without one."""
+    """The client certificate of the request's TLS connection, None on plain HTTP or without one.
+
+    Read from the connection once, by :func:`require_client_certificate` on the event loop, and kept with
+    the request: the checks that use it run in reader threads (:meth:`CentralParts.read`), which must not
+    touch the TLS connection the loop is reading from."""
+    if _PEER in request:
+        return request[_PEER][0]
     transport = request.transport
     if transport is None:
         return None
@@ -74,9 +84,9 @@ def peer_certificate(request: web.Request) -> PeerCertificate | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     subject = ssl_object.getpeercert()
-    if not der or not subject:
-        return None
-    return PeerCertificate(dict(subject), hashlib.sha256(der).hexdigest())
+    found = PeerCertificate(dict(subject), hashlib.sha256(der).hexdigest()) if der and subject else None
+    request[_PEER] = (found,)
+    return found
 
 
 def require_client_certificate(
@@ -105,6 +115,8 @@ def require_client_certificate(
     ) -> web.StreamResponse:
         transport = request.transport
         on_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        if on_tls:
+            peer_certificate(request)  # read here, on the loop, for the checks made in reader threads
         if getattr(request.protocol, "console_listener", False):
             if request.path == console_prefix or request.path.startswith(console_prefix + "/"):
                 return await handler(request)

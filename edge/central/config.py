@@ -172,6 +172,13 @@ class S3ObjectsConfig(StrictModel):
         "objects/", pattern=r"^([A-Za-z0-9._-]+/)*$",
         description="Key prefix of the objects in the bucket (each object: <prefix><sha256>)",
     )
+    staging_bucket: str | None = Field(
+        None, pattern=_S3_BUCKET,
+        description="A bucket of its own for the parts of unfinished tus uploads (uploads/<id>/<part>) of "
+        "receivers sharing PostgreSQL: versioned, without Object Lock, same endpoint and keys. Empty: the "
+        "parts go in the content bucket, where a default retention locks them so the purge cannot delete "
+        "them (a lifecycle rule must)",
+    )
     part_size_mb: int = Field(
         64, ge=5, le=5120,
         description="Objects larger than this go up in multipart parts of this size, in MiB: the memory one "
@@ -211,6 +218,19 @@ class S3ObjectsConfig(StrictModel):
     @classmethod
     def _ca_absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else _absolute(value, "objects.ca_file")
+
+    @field_validator("staging_bucket", mode="before")
+    @classmethod
+    def _empty_staging_bucket(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _staging_bucket_is_another(self) -> S3ObjectsConfig:
+        if self.staging_bucket == self.bucket:
+            raise ValueError(f"staging_bucket must be another bucket than bucket ({self.bucket}): the "
+                             "content bucket has Object Lock, the staging bucket must not (leave it empty to "
+                             "stage the parts in the content bucket)")
+        return self
 
     @property
     def part_size_bytes(self) -> int:

@@ -269,29 +269,32 @@ class EquipmentEndpoints:
     async def officers(self, request: web.Request) -> web.Response:
         from edge.central.app import json_response
 
-        caller = self.parts.auth.station(request)
-        answer = station_officers(self.parts, self.store, caller, request.match_info["station"],
-                                  _have(request))
+        caller = await self.parts.read(self.parts.auth.station, request)
+        answer = await self.parts.write(station_officers, self.parts, self.store, caller,
+                                        request.match_info["station"], _have(request))
         return json_response(answer, headers={"Cache-Control": "no-store"})
 
     async def fleet_report(self, request: web.Request) -> web.Response:
         from edge.central.app import json_response, read_json_body
 
-        caller = self.parts.auth.station(request)
+        caller = await self.parts.read(self.parts.auth.station, request)
         doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
-        return json_response(station_fleet_report(self.parts, self.store, caller,
-                                                  request.match_info["station"], doc))
+        return json_response(await self.parts.write(station_fleet_report, self.parts, self.store, caller,
+                                                    request.match_info["station"], doc))
 
     async def fleet(self, request: web.Request) -> web.Response:
         from edge.central.app import json_response
-        from edge.central.console.scope import log_read, reader_scope
+        from edge.central.console.scope import logged_read, reader_scope
 
         if request.query:
             raise Rejection(RejectCode.BAD_REQUEST, "GET /v1/fleet takes no query parameters")
         scope = await reader_scope(request)
-        log_read(request, scope, "fleet", query="fleet")
-        return json_response(fleet_view(self.store, visible_stations(self.parts, self.store, scope)),
-                             headers={"Cache-Control": "no-store"})
+        await logged_read(request, scope, "fleet", query="fleet")
+
+        def view() -> dict[str, Any]:
+            return fleet_view(self.store, visible_stations(self.parts, self.store, scope))
+
+        return json_response(await self.parts.read(view), headers={"Cache-Control": "no-store"})
 
 
 EQUIPMENT_STORE: web.AppKey[EquipmentStore] = web.AppKey("equipment_store", EquipmentStore)

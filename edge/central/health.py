@@ -253,7 +253,7 @@ class Readiness:
             raise ConnectionError(problem)
 
     async def _index(self) -> None:
-        size = self._parts.merkle.size()
+        size = await self._parts.read(self._parts.merkle.size)
         if size < 0:
             raise ValueError(f"the log reports a negative size {size}")
 

@@ -21,8 +21,7 @@ from aiohttp import web
 
 from edge.central.background import periodic_task
 from edge.central.objects import ObjectStore, ObjectStoreError, ObjectStoreUnavailable
-from edge.central.sql.lock_extensions import PendingLock
-from edge.central.storage import Index
+from edge.central.storage import Index, PendingLock
 from edge.custody.ledger import station_time_now
 from edge.runtime.logs import event_fields
 
@@ -68,11 +67,11 @@ class LockExtender:
 
     async def retry_pending(self) -> int:
         """One round over the oldest pending locks; returns how many are left pending in all."""
-        pending = self.index.pending_locks(_BATCH)
+        pending = await self.index.unit.run_reads(functools.partial(self.index.pending_locks, _BATCH))
         if pending:
             log.info("retrying %d pending object lock extension(s)", len(pending))
             await self.extend(pending)
-        return self.index.pending_lock_count()
+        return await self.index.unit.run_reads(self.index.pending_lock_count)
 
 
 def lock_extension_task(

@@ -48,6 +48,7 @@ from edge.central.registration import (
 from edge.central.tus_store import UploadBusyError
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
+from edge.custody.receipt import TreeHead
 from edge.custody.text import printable
 from edge.mqtt.api import (
     API_VERSION,
@@ -160,7 +161,8 @@ class MqttApi:
             _, op = parse_request_topic(self.prefix, topic)
             request = parse_request(payload, op=op, max_bytes=self.max_request_bytes)
         except ApiCodecError as exc:
-            status, body = self._malformed(station, str(exc), too_large=len(payload) > self.max_request_bytes)
+            status, body = await self.parts.write(self._malformed, station, str(exc),
+                                                  too_large=len(payload) > self.max_request_bytes)
             return self._reply(station, request_id, status, body, correlation_data)
         status, body = await self._run(station, request.op, request.body)
         return self._reply(station, request.request_id, status, body, correlation_data)
@@ -233,7 +235,7 @@ class MqttApi:
 
     async def _run(self, station: str, op: ApiOp, body: dict[str, Any]) -> tuple[int, Any]:
         try:
-            caller = self.parts.auth.enrolled_station(station, remote=MQTT_REMOTE)
+            caller = await self.parts.read(self.parts.auth.enrolled_station, station, remote=MQTT_REMOTE)
             return await self._ops[op](caller, body)
         except Rejection as rejection:
             return rejection.status, rejection_document(rejection)
@@ -244,8 +246,8 @@ class MqttApi:
                 "detail": "the central failed to handle this request; it was logged",
             }
 
-    def _recorded(self, rejection: Rejection, caller: Caller) -> Rejection:
-        return self.parts.registrar.reject(rejection, station=caller.station_id, remote=caller.remote)
+    async def _recorded(self, rejection: Rejection, caller: Caller) -> Rejection:
+        return await self.parts.registrar.rejected(rejection, station=caller.station_id, remote=caller.remote)
 
     # -- the ops: each what its HTTP endpoint does ------------------------------------------------------
 
@@ -254,7 +256,7 @@ class MqttApi:
             _exact_members(body, (), ApiOp.LEDGER_HEAD)
             return 200, await self.parts.registrar.ledger_head(caller, caller.station_id)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
 
     async def _ledger_push(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         await self.parts.registrar.accept_segment(caller, caller.station_id, body)  # records its refusals
@@ -271,7 +273,7 @@ class MqttApi:
             after = _integer(body, "after", 0, MAX_AFTER, ApiOp.LEDGER_PAGE)
             limit = _integer(body, "limit", 1, MAX_LIMIT, ApiOp.LEDGER_PAGE) if "limit" in body else 500
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
         page = await asyncio.to_thread(
             StationLedgerRead(self.parts).page, caller.station_id, after, limit, None
         )
@@ -296,7 +298,7 @@ class MqttApi:
                 raise _bad(f"abandon body: upload must be a tus upload id or mqtt:<file id>, found "
                            f"{printable(repr(named))[:80]}")
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
         uploads = self.parts.registrar.uploads
         facts = await asyncio.to_thread(uploads.get, key)
         if facts is None or facts.station != caller.station_id:
@@ -321,22 +323,27 @@ class MqttApi:
         try:
             _exact_members(body, ("have",), ApiOp.OFFICERS)
             have = _integer(body, "have", 0, 2**53 - 1, ApiOp.OFFICERS)
-            return 200, station_officers(self.parts, self._equipment(), caller, caller.station_id, have)
+            return 200, await self.parts.write(station_officers, self.parts, self._equipment(), caller,
+                                               caller.station_id, have)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
 
     async def _fleet_report(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         # station_fleet_report records its own refusals.
-        return 200, station_fleet_report(self.parts, self._equipment(), caller, caller.station_id, body)
+        return 200, await self.parts.write(station_fleet_report, self.parts, self._equipment(), caller,
+                                           caller.station_id, body)
 
     async def _tree_head(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         try:
             _exact_members(body, (), ApiOp.TREE_HEAD)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
+        return 200, (await self.parts.write(self._tree_head_now)).to_dict()
+
+    def _tree_head_now(self) -> TreeHead:
+        """The log's signed tree head, signing one when the newest does not cover the log (the writer's)."""
         with self.parts.index.transaction():
-            head = self.parts.merkle.tree_head()
-        return 200, head.to_dict()
+            return self.parts.merkle.tree_head()
 
     async def _consistency(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         try:
@@ -344,12 +351,12 @@ class MqttApi:
             first = _integer(body, "first", 0, _MAX_TREE_SIZE, ApiOp.CONSISTENCY)
             second = _integer(body, "second", 0, _MAX_TREE_SIZE, ApiOp.CONSISTENCY)
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
-        size = self.parts.merkle.size()
+            raise await self._recorded(rejection, caller) from None
+        size = await self.parts.read(self.parts.merkle.size)
         if not first <= second <= size:
             raise _bad(f"expected 0 <= first <= second <= {size} (the log size), found first={first} "
                        f"second={second}")
-        proof = self.parts.merkle.consistency_proof(first, second)
+        proof = await self.parts.read(self.parts.merkle.consistency_proof, first, second)
         return 200, {"first": first, "second": second, "proof": [h.hex() for h in proof]}
 
     async def _transfer_state(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
@@ -360,7 +367,7 @@ class MqttApi:
             except FileTransferError as exc:
                 raise _bad(f"transfer-state body: {exc}") from None
         except Rejection as rejection:
-            raise self._recorded(rejection, caller) from None
+            raise await self._recorded(rejection, caller) from None
         found = await asyncio.to_thread(
             self.transfers.stored_runs, transfer_upload_id(caller.station_id, file_id)
         )

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aiohttp import web
 
-from edge.central.console.scope import log_read, reader_scope, require_item
+from edge.central.console.scope import logged_read, reader_scope, required_item
 from edge.central.index import (
     CentralIndexError,
     ItemQuery,
@@ -156,18 +156,19 @@ class ReadSide:
     async def _item(self, request: web.Request, what: str) -> ItemRecord:
         """The item of the path, if the reader's scope may see it; the read logged first (404 if not)."""
         scope = await reader_scope(request)
-        return require_item(request, scope, request.match_info["item"], what)
+        return await required_item(request, scope, request.match_info["item"], what)
 
     async def query(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
-        log_read(request, scope, "query", query=request.query_string[:1000] or None)
+        await logged_read(request, scope, "query", query=request.query_string[:1000] or None)
         query = parse_item_query(request.query)
-        page, cursor = self.parts.index.query_items(query, scope)
+        page, cursor = await self.parts.read(self.parts.index.query_items, query, scope)
         return _json({"items": page, "next": encode_cursor(cursor) if cursor else None})
 
     async def item(self, request: web.Request) -> web.Response:
         record = await self._item(request, "item")
-        receipt = self.parts.registrar.receipt_for(record.item)
+        receipt = await self.parts.registrar.receipt(record.item)
+        case, history = await self.parts.read(self._case_and_history, record.item)
         return _json({
             "item": record.item,
             "sha256": record.sha256,
@@ -175,8 +176,8 @@ class ReadSide:
             "station": record.station,
             "accepted_utc": record.accepted_utc,
             "manifest": record.manifest,
-            "case": self.parts.index.current_case(record.item),
-            "history": self.parts.index.metadata_history(record.item),
+            "case": case,
+            "history": history,
             "receipt": receipt.to_dict() if receipt else None,
         })
 
@@ -187,12 +188,15 @@ class ReadSide:
 
     async def history(self, request: web.Request) -> web.Response:
         record = await self._item(request, "history")
-        return _json({"item": record.item, "case": self.parts.index.current_case(record.item),
-                      "history": self.parts.index.metadata_history(record.item)})
+        case, history = await self.parts.read(self._case_and_history, record.item)
+        return _json({"item": record.item, "case": case, "history": history})
+
+    def _case_and_history(self, item: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return self.parts.index.current_case(item), self.parts.index.metadata_history(item)
 
     async def receipt(self, request: web.Request) -> web.Response:
         record = await self._item(request, "receipt")
-        receipt = self.parts.registrar.receipt_for(record.item)
+        receipt = await self.parts.registrar.receipt(record.item)
         if receipt is None:
             raise Rejection(RejectCode.NOT_FOUND, f"no receipt for item {record.item}")
         return _json(receipt.to_dict())

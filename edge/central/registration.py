@@ -50,8 +50,7 @@ from edge.central.objects import (
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
-from edge.central.sql.lock_extensions import PendingLock
-from edge.central.storage import Index, UnitOfWork
+from edge.central.storage import Index, PendingLock, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
@@ -244,7 +243,7 @@ class UploadFacts(Protocol):
 
 class StagedContent(Protocol):
     """A complete upload whose bytes are already in the object store's bucket (the shared tus store of
-    several receivers, :mod:`edge.central.tus_shared_store`): it makes the content object itself."""
+    several receivers, :mod:`edge.central.postgres.tus_shared_store`): it makes the content object itself."""
 
     def store(self, sha256: str, retention: Retention) -> None:
         """Make object ``sha256`` from the upload, kept as ``retention`` says; raises the object store's
@@ -663,8 +662,11 @@ def _ignore_duration(seconds: float) -> None:
 
 
 class Registrar:
-    """Accepts ledger segments and items for the central. All index work happens on the event loop
-    thread without awaiting inside a transaction; hashing and chain verification run in threads."""
+    """Accepts ledger segments and items for the central. No index or upload store call runs on the event
+    loop (issue 13: on PostgreSQL and S3 each may wait for another receiver or the network): reads go to
+    the unit of work's :meth:`~edge.central.storage.UnitOfWork.run_reads`, transactions (never awaiting
+    inside) to its writer (:meth:`~edge.central.storage.UnitOfWork.run_writes`), upload store calls and
+    hashing and chain verification to worker threads."""
 
     def __init__(
         self,
@@ -733,6 +735,20 @@ class Registrar:
             log.exception("could not record the rejection above in the index")
         return rejection
 
+    async def rejected(
+        self,
+        rejection: Rejection,
+        *,
+        station: str | None,
+        remote: str | None = None,
+        item: str | None = None,
+        upload: str | None = None,
+    ) -> Rejection:
+        """:meth:`reject` from a coroutine: the rejection is recorded by the index's writer, off the event
+        loop."""
+        return await self.index.unit.run_writes(functools.partial(
+            self.reject, rejection, station=station, remote=remote, item=item, upload=upload))
+
     def sign_refusal(
         self, station: str, item: str | None, upload: str | None, code: str, detail: str
     ) -> dict[str, Any] | None:
@@ -752,7 +768,8 @@ class Registrar:
     async def ledger_head(self, caller: Caller, path_station: str) -> dict[str, Any]:
         """The station's accepted head, its newest checkpoint, the head witnessed and the log's tree head."""
         self._same_station(caller, path_station)
-        checkpoint = self.index.latest_checkpoint(caller.station_id)
+        checkpoint = await self.index.unit.run_reads(
+            functools.partial(self.index.latest_checkpoint, caller.station_id))
         answer = await self.ledger_answer(caller)
         return {**answer, "checkpoint": checkpoint.to_dict() if checkpoint else None}
 
@@ -766,8 +783,11 @@ class Registrar:
         """What the central says about a station's ledger: the accepted head ``(seq, hash)``, that head
         signed as witnessed (None before the first entry, or when the central does not witness), and the
         log's current signed tree head, so that the station can check the log's consistency."""
-        seq, hash_hex = self.index.ledger_head(caller.station_id)
-        witnessed = self.witnessed_head(caller.station, (seq, hash_hex))
+        def head_witnessed() -> tuple[int, str, WitnessedHead | None]:
+            seq, hash_hex = self.index.ledger_head(caller.station_id)
+            return seq, hash_hex, self.witnessed_head(caller.station, (seq, hash_hex))
+
+        seq, hash_hex, witnessed = await self.index.unit.run_reads(head_witnessed)
         # In the writer's thread: the transaction may wait for another receiver's (issue 13).
         tree_head = await self.index.unit.run_writes(self._tree_head_now)
         return {
@@ -800,7 +820,7 @@ class Registrar:
             self._same_station(caller, path_station)
             return await self._accept_segment(caller, doc)
         except Rejection as rejection:
-            raise self.reject(rejection, station=caller.station_id, remote=caller.remote) from None
+            raise await self.rejected(rejection, station=caller.station_id, remote=caller.remote) from None
 
     def _stored_rotations(self, index: Index, station_id: str, head_seq: int) -> list[LedgerEntry]:
         """The station's ``key_rotated`` entries the central holds up to ``head_seq``; read incrementally
@@ -830,18 +850,8 @@ class Registrar:
         station_id = caller.station_id
         public_key = self._enrolled_key(caller)
         async with self._station_locks[station_id]:
-            head = self.index.ledger_head(station_id)
-            overlap_end = min(head[0], entries[-1].seq)
-            accepted = {
-                e.seq: e for e in self.index.ledger_entries(station_id, entries[0].seq, end_seq=overlap_end)
-            }
-            # The last accepted entry of each item the new entries name (the segment is bounded, so are
-            # these point lookups), read here: the index is not used from the worker thread.
-            item_heads = {
-                item: last
-                for item in {e.item for e in entries if e.seq > head[0] and e.item is not None}
-                if (last := self.index.ledger_item_last(station_id, item)) is not None
-            }
+            head, accepted, item_heads = await self.index.unit.run_reads(
+                functools.partial(self._segment_context, station_id, entries))
             new = await asyncio.to_thread(
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
                 accepted=accepted, item_heads=item_heads,
@@ -876,7 +886,25 @@ class Registrar:
         if new:
             log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
                      extra=event_fields(event="ledger_accepted", station=station_id, seq=new[-1].seq))
-        return self.index.ledger_head(station_id)
+        return await self.index.unit.run_reads(functools.partial(self.index.ledger_head, station_id))
+
+    def _segment_context(
+        self, station_id: str, entries: Sequence[LedgerEntry]
+    ) -> tuple[tuple[int, str], dict[int, LedgerEntry], dict[str, tuple[int, str]]]:
+        """What a segment is checked against (read in :meth:`UnitOfWork.run_reads`): the accepted head, the
+        stored entries the segment overlaps, and the last accepted entry of each item its new entries name
+        (the segment is bounded, so are these point lookups)."""
+        head = self.index.ledger_head(station_id)
+        overlap_end = min(head[0], entries[-1].seq)
+        accepted = {
+            e.seq: e for e in self.index.ledger_entries(station_id, entries[0].seq, end_seq=overlap_end)
+        }
+        item_heads = {
+            item: last
+            for item in {e.item for e in entries if e.seq > head[0] and e.item is not None}
+            if (last := self.index.ledger_item_last(station_id, item)) is not None
+        }
+        return head, accepted, item_heads
 
     # -- items -----------------------------------------------------------------------------------
 
@@ -893,8 +921,8 @@ class Registrar:
         try:
             return await self._register_item(caller, path_station, doc)
         except Rejection as rejection:
-            raise self.reject(rejection, station=caller.station_id, remote=caller.remote, item=item,
-                              upload=upload) from None
+            raise await self.rejected(rejection, station=caller.station_id, remote=caller.remote, item=item,
+                                      upload=upload) from None
 
     async def _register_item(self, caller: Caller, path_station: str, doc: object) -> Registered:
         self._same_station(caller, path_station)
@@ -937,22 +965,20 @@ class Registrar:
         replay = await self._replay(caller, manifest, manifest_text, upload_id)
         if replay is not None:
             return replay
-        self._check_signature(caller, manifest)
-        self._check_chain(caller.station_id, manifest)
-        source = self._finished_upload(caller, upload_id)
+        await self.index.unit.run_reads(functools.partial(self._check_signed_and_chained, caller, manifest))
+        source = await asyncio.to_thread(self._finished_upload, caller, upload_id)
         if source.length != size or (source.sha256 is not None and source.sha256 != sha256):
-            self._discard_upload(upload_id)
+            await asyncio.to_thread(self._discard_upload, upload_id)
             raise Rejection(
                 RejectCode.CONTENT_MISMATCH,
                 f"upload {upload_id} holds {source.length} bytes with "
                 f"SHA-256 {source.sha256}; the manifest says {size} "
                 f"bytes with SHA-256 {sha256}; the upload was removed",
             )
-        staged = self.uploads.staged(upload_id)
-        path = self.uploads.complete_path(upload_id) if staged is None else None
+        # The shared store's claim may wait for a purge on another receiver (review 13 #4, #6).
+        staged, path, received = await asyncio.to_thread(self._content_of, upload_id)
         retention = self.retention.for_class(RetentionPolicy.class_of(manifest), parse_utc(self._clock()),
                                              item=item)
-        received = self.uploads.received(upload_id)
         started = time.monotonic()
         try:
             if staged is not None:
@@ -961,7 +987,7 @@ class Registrar:
                 assert path is not None
                 await asyncio.to_thread(self._put_content, path, sha256, retention, received)
         except ObjectMismatch as exc:
-            self._discard_upload(upload_id)
+            await asyncio.to_thread(self._discard_upload, upload_id)
             raise Rejection(
                 RejectCode.CONTENT_MISMATCH,
                 f"upload {upload_id}: {exc}; the upload was "
@@ -989,8 +1015,27 @@ class Registrar:
         registered = await self.index.unit.run_writes(
             functools.partial(self._commit, caller, manifest, manifest_text, upload_id, wanted))
         await self.lock_extender().extend(wanted)
-        self._discard_upload(upload_id)
+        await asyncio.to_thread(self._discard_upload, upload_id)
         return registered
+
+    def _content_of(self, upload_id: str) -> tuple[StagedContent | None, Path | None, ReceivedContent | None]:
+        """The finished upload's content: staged in the bucket, or a local file with the receive path's
+        hash of it (a worker thread: the upload store may wait for its database)."""
+        try:
+            staged = self.uploads.staged(upload_id)
+            path = self.uploads.complete_path(upload_id) if staged is None else None
+        except Exception:
+            if self._safe_get(upload_id) is not None:
+                raise
+            # The expiry purge (any receiver) took it between the checks and the claim.
+            raise Rejection(RejectCode.UPLOAD_NOT_FOUND, f"upload {upload_id} expired and was purged; "
+                                                         "upload the item again") from None
+        return staged, path, self.uploads.received(upload_id)
+
+    def _check_signed_and_chained(self, caller: Caller, manifest: Mapping[str, Any]) -> None:
+        """The manifest's signature and its chain against the accepted ledger (reads the index)."""
+        self._check_signature(caller, manifest)
+        self._check_chain(caller.station_id, manifest)
 
     def _put_content(
         self, path: Path, sha256: str, retention: Retention, received: ReceivedContent | None
@@ -1081,8 +1126,13 @@ class Registrar:
                                     leaf=leaf_index))
         return Registered(receipt, replay=False)
 
+    async def receipt(self, item: str) -> Receipt | None:
+        """:meth:`receipt_for` from a coroutine: in the index's writer (it may sign a tree head)."""
+        return await self.index.unit.run_writes(functools.partial(self.receipt_for, item))
+
     def receipt_for(self, item: str) -> Receipt | None:
-        """A fresh receipt for an accepted item against the current tree head (signs one if needed)."""
+        """A fresh receipt for an accepted item against the current tree head (signs one if needed); blocks
+        (a coroutine awaits :meth:`receipt`)."""
         record = self.index.item(item)
         if record is None:
             return None
@@ -1103,13 +1153,13 @@ class Registrar:
     async def _replay(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
     ) -> Registered | None:
-        existing = self.index.item(str(manifest["item"]))
+        existing = await self.index.unit.run_reads(functools.partial(self.index.item, str(manifest["item"])))
         if existing is None:
             return None
         self._replay_of(caller, existing, manifest, manifest_text)
-        info = self._safe_get(upload_id)
+        info = await asyncio.to_thread(self._safe_get, upload_id)
         if info is not None and info.station == caller.station_id and info.offset == info.length:
-            self._discard_upload(upload_id)  # a re-upload of content already held
+            await asyncio.to_thread(self._discard_upload, upload_id)  # a re-upload of content already held
         log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
                  existing.leaf_index, extra=event_fields(event="replayed", item=existing.item,
                                                          station=caller.station_id))

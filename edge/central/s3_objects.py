@@ -77,11 +77,13 @@ _NO_LOCK = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationN
 
 @dataclass(frozen=True)
 class CopySource:
-    """One object version in the bucket that a server-side copy reads (:meth:`S3ObjectStore.put_copies`)."""
+    """One object version that a server-side copy reads (:meth:`S3ObjectStore.put_copies`), in ``bucket``:
+    the content bucket or the staging bucket of the tus parts (same endpoint and keys)."""
 
     key: str
     version_id: str
     size: int
+    bucket: str
 
 
 def _md5_b64(data: bytes) -> str:
@@ -238,6 +240,40 @@ class S3ObjectStore:
                         "until `edge verify` names it); set a default retention of at least 1 day",
                         self.bucket)
         log.info("object store: bucket %s at %s has Object Lock enabled", self.bucket, self.config.endpoint)
+        if self.config.staging_bucket is not None:
+            self._check_staging_bucket(self.config.staging_bucket)
+
+    def _check_staging_bucket(self, bucket: str) -> None:
+        """Refuse (ObjectStoreError) a staging bucket the tus parts cannot live in: missing, unversioned
+        (a part is addressed by its version), or with Object Lock (a default retention there would lock
+        the parts the purge must delete)."""
+        try:
+            versioning = self.client.get_bucket_versioning(Bucket=bucket)
+            try:
+                lock = self.client.get_object_lock_configuration(Bucket=bucket)
+            except ClientError as exc:
+                if _code(exc) not in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
+                    raise
+                lock = {}
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchBucket", "404"):
+                raise ObjectStoreError(f"staging_bucket {bucket} does not exist at {self.config.endpoint}: "
+                                       "create it (versioned, without Object Lock) or leave staging_bucket "
+                                       "empty") from None
+            raise self._failure(exc, f"checking staging bucket {bucket}") from None
+        except BotoCoreError as exc:
+            raise self._failure(exc, f"checking staging bucket {bucket}") from None
+        if lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled":
+            raise ObjectStoreError(
+                f"staging_bucket {bucket} has Object Lock: a default retention there locks the parts of "
+                "unfinished uploads, which the purge must delete. Use a bucket created without Object Lock")
+        if versioning.get("Status") != "Enabled":
+            raise ObjectStoreError(
+                f"staging_bucket {bucket}: versioning is {versioning.get('Status', 'off')}, expected Enabled "
+                "(each part is addressed by its version): aws s3api put-bucket-versioning --bucket "
+                f"{bucket} --versioning-configuration Status=Enabled")
+        log.info("tus staging: bucket %s (versioned, no Object Lock) holds the parts of unfinished uploads",
+                 bucket)
 
     def reachable(self) -> str | None:
         """None when the bucket answers, else a sentence (readiness)."""
@@ -605,7 +641,7 @@ class S3ObjectStore:
                 f"(legal hold {'on' if held else 'off'}), not COMPLIANCE until {retention.until.isoformat()}"
                 f"{' with a legal hold' if retention.legal_hold else ''}")
 
-    # -- server-side assembly (the shared tus store, edge.central.tus_shared_store) -------------------
+    # -- server-side assembly (the shared tus store, edge.central.postgres.tus_shared_store) -------------
 
     def failure(self, exc: Exception, what: str) -> ObjectStoreError:
         """The store's error for a failed request of another component on this bucket."""
@@ -614,13 +650,13 @@ class S3ObjectStore:
     def put_copies(
         self, sources: Sequence[CopySource], sha256: str, retention: Retention | None = None
     ) -> StoredObject:
-        """Make object ``sha256`` from ``sources`` (object versions in this bucket, in order) by server-side
-        copies (UploadPartCopy into a multipart upload with the lock headers): no byte passes through the
-        central. The caller vouches that the sources' bytes hash to ``sha256`` (it hashed them as they
-        arrived, or read them back once). Every source but the last must be at least 5 MiB (S3's part
-        minimum). The object is locked as :meth:`put_file` locks it, and an existing object is verified
-        rather than trusted (:class:`ObjectCorrupt`), its lock extended. A missing source raises
-        ``FileNotFoundError``."""
+        """Make object ``sha256`` from ``sources`` (object versions in this bucket or the staging bucket, in
+        order) by server-side copies (UploadPartCopy into a multipart upload with the lock headers): no
+        byte passes through the central. The caller vouches that the sources' bytes hash to ``sha256``
+        (it hashed them as they arrived, or read them back once). Every source but the last must be at
+        least 5 MiB (S3's part minimum). The object is locked as :meth:`put_file` locks it, and an existing
+        object is verified rather than trusted (:class:`ObjectCorrupt`), its lock extended. A missing
+        source raises ``FileNotFoundError``."""
         size = sum(source.size for source in sources)
         if self._head(sha256) is not None:
             problem = self.verify(sha256)
@@ -676,11 +712,12 @@ class S3ObjectStore:
                 try:
                     answer = self.client.upload_part_copy(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        CopySource={"Bucket": self.bucket, "Key": source.key, "VersionId": source.version_id})
+                        CopySource={"Bucket": source.bucket, "Key": source.key,
+                                    "VersionId": source.version_id})
                 except ClientError as exc:
                     if _code(exc) in _NOT_FOUND:
                         raise FileNotFoundError(f"{source.key} version {source.version_id} is not in bucket "
-                                                f"{self.bucket}") from None
+                                                f"{source.bucket}") from None
                     raise self._failure(exc, f"copy part {number} of {sha256}") from None
                 except BotoCoreError as exc:
                     raise self._failure(exc, f"copy part {number} of {sha256}") from None

@@ -139,9 +139,9 @@ async def check_item(parts: CentralParts, record: ItemRecord, rotations: Rotatio
                 f"({record.size} bytes): the stored content was changed")
     # The manifest's signer may be any key the station was enrolled with; the ledger's epochs only the keys
     # in use (a key enrolled by mistake and never used names no rotation: station_keys_in_use).
-    keys = parts.index.station_keys(record.station)
-    receipt = parts.registrar.receipt_for(record.item)
-    entries = list(parts.index.ledger_entries(record.station, item=record.item))
+    keys = await parts.read(parts.index.station_keys, record.station)
+    receipt = await parts.registrar.receipt(record.item)
+    entries = await parts.read(lambda: list(parts.index.ledger_entries(record.station, item=record.item)))
     central_key = parts.signing_key.public_key()
     # The manifest, receipt and ledger links are checked against the item's own hash: the object check
     # above says whether the stored bytes still have it.

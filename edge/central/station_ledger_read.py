@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edge.central.console.scope import log_read, scope_of
+from edge.central.console.scope import logged_read, scope_of
 from edge.central.index import CentralIndexError, ReaderScope, validate_station_id
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import RejectCode, Rejection
@@ -89,20 +89,21 @@ class StationLedgerRead:
     async def _authorised(self, request: web.Request, station: str) -> ReaderScope | None:
         """The station itself (None), or a reader's scope after its read is logged; raises
         :class:`Rejection`. A reader (role reader) reads the ledgers of its units' stations only."""
-        principal = self.parts.auth.station_or_reader(request)
+        principal = await self.parts.read(self.parts.auth.station_or_reader, request)
         if principal.kind == "station":
             if principal.name != station:
                 log.warning("station %s asked for the ledger of station %r", principal.name, station[:64])
-                raise self.parts.registrar.reject(
+                raise await self.parts.registrar.rejected(
                     Rejection(RejectCode.WRONG_STATION, f"station {principal.name} may read its own ledger "
                                                         "only"),
                     station=principal.name, remote=request.remote,
                 )
             return None
-        scope = scope_of(self.parts, principal.name)
-        log_read(request, scope, "station-ledger",
-                 query=f"station={station[:64]}&{request.query_string[:900]}")
-        if not scope.all_units and self.parts.console.station_unit(station) not in scope.units:
+        scope = await self.parts.read(scope_of, self.parts, principal.name)
+        await logged_read(request, scope, "station-ledger",
+                          query=f"station={station[:64]}&{request.query_string[:900]}")
+        console = self.parts.console
+        if not scope.all_units and await self.parts.read(console.station_unit, station) not in scope.units:
             raise Rejection(RejectCode.FORBIDDEN, f"reader {scope.reader} reads the ledgers of the stations "
                                                   f"of units {' '.join(sorted(scope.units))} only")
         return scope

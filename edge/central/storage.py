@@ -21,14 +21,18 @@ validates or repairs; :class:`~edge.central.log.MerkleLog` does. Writes that wou
 raise :class:`LogStoreConflict`; a backend's own failures (disk full, lost connection) raise one of
 :attr:`UnitOfWork.errors`.
 
-Every method is synchronous and never awaits: the central calls them from the event loop, and a
-transaction is opened and committed without yielding, so readers never see half of one.
+Every method is synchronous and never awaits: a transaction is opened and committed without yielding, so
+readers never see half of one. A coroutine of the central never calls them directly: it hands them to
+:meth:`UnitOfWork.run_writes` (writes, on the one writer) or :meth:`UnitOfWork.run_reads` (reads), so that a
+database that waits (another receiver's lock, a restarting server) never stalls the event loop
+(issue 13; tests/central/test_central_loop_guard.py keeps it so).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -45,17 +49,38 @@ from edge.central.index import (
     StationRecord,
 )
 from edge.central.objects import Retention
-from edge.central.sql.lock_extensions import PendingLock
+from edge.central.retention import parse_utc
 from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.receipt import TreeHead
 
 __all__ = ["CentralDatabase", "ConsoleStore", "EquipmentRows", "Index", "LogStore", "LogStoreConflict",
-           "UnitOfWork"]
+           "PendingLock", "UnitOfWork"]
 
 
 class LogStoreConflict(Exception):
     """A leaf, node or head write that does not extend the log (another writer took the index, or the
     subtree is not complete); the enclosing transaction must be rolled back."""
+
+
+@dataclass(frozen=True)
+class PendingLock:
+    """The lock an item's content must get: ``until`` (UTC text), with a legal hold when ``legal_hold``;
+    asked for at ``requested_utc``, tried ``attempts`` times so far, the last failure ``last_error``.
+    Recorded by each backend's index (:meth:`Index.want_lock`) before the object store is asked, and
+    retried by :mod:`edge.central.lock_extensions` until the store confirms it."""
+
+    item: str
+    sha256: str
+    until_utc: str
+    legal_hold: bool
+    requested_utc: str
+    attempts: int
+    last_attempt_utc: str | None
+    last_error: str | None
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(parse_utc(self.until_utc), legal_hold=self.legal_hold)
 
 
 _T = TypeVar("_T")
@@ -77,6 +102,13 @@ class UnitOfWork(Protocol):
         """``work()``, which opens its transactions itself, where waiting for the database's writer lock
         does not stall the event loop if the lock can be held by another process (PostgreSQL: a writer
         thread; SQLite: inline)."""
+        ...
+
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        """``work()``, which only reads (committed rows), where a slow or unreachable database does not
+        stall the event loop (PostgreSQL: reader threads with connections of their own; SQLite: inline,
+        see :meth:`edge.central.sqlite.database.SqliteDatabase.run_reads`). Iterators must be consumed
+        inside ``work``."""
         ...
 
 
@@ -153,7 +185,7 @@ class Index(Protocol):
     def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool: ...
     def metadata_history(self, item: str) -> list[dict[str, Any]]: ...
 
-    # object locks the store has not confirmed yet (edge.central.sql.lock_extensions)
+    # object locks the store has not confirmed yet (PendingLock; SQL in edge.central.sql.lock_extensions)
     def want_lock(self, item: str, sha256: str, retention: Retention, requested_utc: str) -> PendingLock:
         """Record the lock ``item``'s content needs, in the caller's transaction (merged: never shorter)."""
         ...

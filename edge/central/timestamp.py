@@ -101,7 +101,7 @@ class TimeStamper:
 
     async def stamp_newest(self, session: aiohttp.ClientSession) -> bool:
         """Time-stamp the newest tree head if it has no token yet; True when a token was kept."""
-        newest = self.merkle.store.newest_head_unstamped()
+        newest = await self.merkle.unit.run_reads(self.merkle.store.newest_head_unstamped)
         if newest is None:
             return False  # the newest head is stamped (older unstamped ones are covered by it)
         head_id, head = newest
@@ -121,8 +121,11 @@ class TimeStamper:
         except VerificationError as exc:
             raise TimeStampError(f"the TSA's time-stamp does not verify: {exc}") from None
         gen_time = response.tst_info.gen_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        with self.merkle.unit.transaction():
-            self.merkle.store.append_timestamp(head_id, head, note, token, gen_time, self.clock())
+        def keep() -> None:
+            with self.merkle.unit.transaction():
+                self.merkle.store.append_timestamp(head_id, head, note, token, gen_time, self.clock())
+
+        await self.merkle.unit.run_writes(keep)
         log.info("tree head %d (size %d) time-stamped by %s at %s", head_id, head.tree_size, self.tsa_url,
                  gen_time)
         return True

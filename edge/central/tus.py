@@ -2,8 +2,9 @@
 
 Mounted by the central application with :func:`add_tus_routes`; the uploads live in a
 :class:`~edge.central.tus_contract.TusStore`: local files (:class:`~edge.central.tus_store.TusUploadStore`,
-one receiver) or PostgreSQL and the bucket (:class:`~edge.central.tus_shared_store.SharedTusStore`, several
-receivers); see there for durability and the commit rule. Storage that cannot be reached now answers
+one receiver) or PostgreSQL and the bucket
+(:class:`~edge.central.postgres.tus_shared_store.SharedTusStore`, several receivers); see there for
+durability and the commit rule. Storage that cannot be reached now answers
 ``503 storage_unavailable`` with ``Retry-After`` (the station keeps its copy and resumes later).
 
 Who may touch an upload: ``identify(request)`` (supplied by the application: the mTLS certificate's

@@ -1,7 +1,7 @@
 """What the tus HTTP layer (:mod:`edge.central.tus`) needs from an upload store, and both stores give.
 
 Two stores implement it: :class:`~edge.central.tus_store.TusUploadStore` (one receiver, local files:
-the embedded default) and :class:`~edge.central.tus_shared_store.SharedTusStore` (any number of
+the embedded default) and :class:`~edge.central.postgres.tus_shared_store.SharedTusStore` (any number of
 receivers sharing PostgreSQL and the S3 bucket). Both keep the commit rule of the local store: the
 offset a HEAD reports is durable and accepted, a request's bytes beyond it are dropped when the request
 fails, and a write holds the upload so that a second request to it is refused with

@@ -1,8 +1,10 @@
-"""The bytes of unfinished tus uploads in the central's bucket, one object per committed part.
+"""The bytes of unfinished tus uploads in a bucket, one object per committed part.
 
-Key ``uploads/<upload id>/<part, 5 digits>``, beside the content objects (``<prefix><sha256>``, a prefix
-that must not contain ``uploads/``). Why objects and not the parts of an S3 multipart upload: no S3 call
-reads back the parts of an unfinished multipart upload, and a receiver that picks up an upload another
+Key ``uploads/<upload id>/<part, 5 digits>``, in the staging bucket (``[central] objects``
+``staging_bucket``: versioned, without Object Lock, checked at start by :meth:`S3ObjectStore.check_bucket`)
+or, without one, in the content bucket beside the content objects (``<prefix><sha256>``, a prefix that
+must not contain ``uploads/``). Why objects and not the parts of an S3 multipart upload: no S3 call reads
+back the parts of an unfinished multipart upload, and a receiver that picks up an upload another
 started must read the committed bytes once to rebuild the running SHA-256 (the station's
 ``sha256-prefix`` checksum and the object's name need it). Once the upload is registered the parts
 become the content object by server-side copies (:meth:`S3ObjectStore.put_copies`: UploadPartCopy into a
@@ -11,9 +13,10 @@ multipart upload at the content-addressed key, with the Object Lock headers), an
 Every part goes up with ``Content-MD5`` (transport integrity; the SHA-256 is ours). The bucket is
 versioned: each part is addressed by the version the PUT returned, so a part re-sent after a rolled-back
 chunk or a receiver's crash never changes what a committed record points to; deleting an upload deletes
-every version under its key prefix. On a bucket with a default retention the part versions are locked
-like everything else for that period: their deletion is refused and logged, and a lifecycle rule on
-``uploads/`` (README) removes them once the lock ends.
+every version under its key prefix. In the content bucket with a default retention the part versions are
+locked like everything else for that period: their deletion is refused and logged, and a lifecycle rule
+on ``uploads/`` (README) removes them once the lock ends; a staging bucket (no Object Lock) avoids that,
+the parts going into the locked content object by cross-bucket UploadPartCopy.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def _code(exc: ClientError) -> str:
 
 
 class TusStaging:
-    """Part objects of the uploads in ``objects``' bucket (see the module docstring)."""
+    """Part objects of the uploads in the staging bucket, or ``objects``' bucket without one (see the
+    module docstring)."""
 
     def __init__(self, objects: S3ObjectStore) -> None:
         if STAGING_PREFIX.startswith(objects.prefix) or objects.prefix.startswith(STAGING_PREFIX):
@@ -60,7 +64,7 @@ class TusStaging:
                 "inside uploads/ (the default is objects/)")
         self.objects = objects
         self.client: Any = objects.client
-        self.bucket = objects.bucket
+        self.bucket = objects.config.staging_bucket or objects.bucket
 
     def __repr__(self) -> str:
         return f"TusStaging(bucket={self.bucket!r}, prefix={STAGING_PREFIX!r})"
@@ -68,6 +72,10 @@ class TusStaging:
     @staticmethod
     def key(upload_id: str, part: int) -> str:
         return f"{STAGING_PREFIX}{upload_id}/{part:05d}"
+
+    def copy_source(self, upload_id: str, part: int, version_id: str, size: int) -> CopySource:
+        """Where the server-side copy into the content object reads a committed part."""
+        return CopySource(self.key(upload_id, part), version_id, size, self.bucket)
 
     def put_part(self, upload_id: str, part: int, data: bytes) -> str:
         """Store one part; returns its version id. Raises :class:`ObjectStoreError` (unavailable or

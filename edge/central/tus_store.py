@@ -58,11 +58,12 @@ import re
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from edge.central.objects import FileIdentity, ReceivedContent
 from edge.custody.canonical import canonical_json, parse_json
@@ -88,6 +89,7 @@ __all__ = [
     "UploadNotFoundError",
     "UploadTooLargeError",
     "UploadWrite",
+    "UploadWriteBase",
     "is_upload_id",
 ]
 
@@ -786,7 +788,55 @@ def _mtime(path: Path) -> float:
         return float("inf")
 
 
-class UploadWrite:
+class UploadWriteBase(ABC):
+    """What every store's write handle shares (:class:`UploadWrite` here, the shared store's
+    :class:`~edge.central.postgres.tus_shared_store.SharedUploadWrite`): the upload it appends to as last
+    committed (``_info``), the checksum its request declared (``_checksum``), and closing on ``with``."""
+
+    _info: UploadInfo
+    _checksum: ChunkChecksum | None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the upload for the next request (idempotent); uncommitted bytes are dropped."""
+
+    @property
+    def upload_id(self) -> str:
+        return self._info.upload_id
+
+    @property
+    def length(self) -> int:
+        return self._info.length
+
+    @property
+    def info(self) -> UploadInfo:
+        """The last committed state."""
+        return self._info
+
+    def _new_chunk_hasher(self) -> _Hasher | None:
+        """A hasher of this request's body alone, for a per-chunk algorithm (none for the prefix digest,
+        which the upload's own hasher answers)."""
+        if self._checksum is None or self._checksum.algorithm == PREFIX_SHA256:
+            return None
+        return CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
+
+    def _mismatch(self, got: bytes, *, at: int, received: int, whole: bool) -> ChecksumMismatchError:
+        """The refusal of the ``received``-byte chunk at offset ``at`` whose digest is ``got``;
+        ``whole`` when the digest covers the content from byte 0 (the prefix digest)."""
+        assert self._checksum is not None
+        covers = f"bytes 0..{at + received}" if whole else "chunk"
+        return ChecksumMismatchError(
+            f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
+            f"offset {at} ({covers}) is {got.hex()}, the request declared {self._checksum.digest.hex()}")
+
+
+class UploadWrite(UploadWriteBase):
     """One request's append to one upload. Synchronous; the HTTP layer runs it in a worker thread.
 
     Call :meth:`write` for each block, then exactly one of :meth:`finish` (the body ended normally),
@@ -817,36 +867,10 @@ class UploadWrite:
         self._fd: int | None = os.open(store._part_path(self._info.upload_id), os.O_WRONLY | os.O_CLOEXEC)
         os.lseek(self._fd, self._offset, os.SEEK_SET)
 
-    def __enter__(self) -> UploadWrite:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @property
-    def upload_id(self) -> str:
-        return self._info.upload_id
-
     @property
     def offset(self) -> int:
         """End of the bytes written so far (committed or not)."""
         return self._offset
-
-    @property
-    def length(self) -> int:
-        return self._info.length
-
-    @property
-    def info(self) -> UploadInfo:
-        """The last committed state."""
-        return self._info
-
-    def _new_chunk_hasher(self) -> _Hasher | None:
-        """A hasher of this request's body alone, for a per-chunk algorithm (none for the prefix digest,
-        which the upload's own hasher answers)."""
-        if self._checksum is None or self._checksum.algorithm == PREFIX_SHA256:
-            return None
-        return CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
 
     def _fd_or_raise(self) -> int:
         if self._fd is None:
@@ -887,12 +911,7 @@ class UploadWrite:
             if not hmac.compare_digest(got, self._checksum.digest):
                 received = self._offset - self._committed
                 self._rollback()
-                covers = f"bytes 0..{self._committed + received}" if hasher is self._whole else "chunk"
-                raise ChecksumMismatchError(
-                    f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
-                    f"offset {self._committed} ({covers}) is {got.hex()}, the request declared "
-                    f"{self._checksum.digest.hex()}"
-                )
+                raise self._mismatch(got, at=self._committed, received=received, whole=hasher is self._whole)
         return self._commit()
 
     def keep(self) -> UploadInfo:

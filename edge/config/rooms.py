@@ -299,6 +299,13 @@ class RoomSourceConfig(StrictModel):
         description="copy: stream copy (the inputs deliver H.264/HEVC video and AAC audio); encode: "
         "libx264 + AAC; auto: ffprobe the inputs at each start and copy what MP4 takes as it is",
     )
+    max_bitrate_mbps: float = Field(
+        40.0, ge=0.1, le=1000,
+        description="The most this source may write to the store, in Mbit/s by the station's clock "
+        "(whatever its own timestamps say): a run that writes more, beyond 40 s of it (a camera's burst "
+        "as it connects), is ended as a flood (a gap, reason source-flood) and restarted after the backoff. "
+        "Set it well above the camera's own bitrate (a 1080p camera sends 2-8 Mbit/s, a 4K one up to 25)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -488,6 +495,18 @@ class RoomsSection(StrictModel):
     stop_timeout_s: float = Field(
         15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
     )
+    record_margin_bytes: int = Field(
+        256 << 20, ge=1 << 20, le=1 << 40,
+        description="While rooms record, the store's free space is kept above its reserve ([offload] "
+        "min_free_bytes) plus this: under it the source writing the most is stopped (a gap, reason "
+        "disk-reserve; what it wrote is sealed) until space is freed. Room to seal what the sources wrote "
+        "meanwhile: more than a segment of every source (the sealer copies a segment before removing it)",
+    )
+    reserve_check_s: float = Field(
+        0.5, gt=0, le=10,
+        description="While rooms record, the store's free space is read this often against the recording "
+        "reserve (a flood at 200 Mbit/s writes 12.5 MB in 0.5 s: keep the margin well above that)",
+    )
     space_check_s: float = Field(
         10.0, gt=0, le=600, description="While a room records, the store's free space is read this often",
     )
@@ -528,6 +547,13 @@ class RoomsSection(StrictModel):
         check_capture_devices_apart(self.capture_inputs())
         if self.space_critical_minutes >= self.space_warn_minutes:
             raise ValueError("space_critical_minutes must be < space_warn_minutes")
+        # The margin must hold what the fastest source may write between two looks at the disk (twice).
+        fastest = max((s.max_bitrate_mbps for room in self.room for s in room.source), default=0.0)
+        needed = int(2 * self.reserve_check_s * fastest * 1_000_000 / 8)
+        if self.record_margin_bytes < needed:
+            raise ValueError(f"record_margin_bytes ({self.record_margin_bytes}) must be at least {needed}: "
+                             f"twice what the fastest source may write ({fastest:g} Mbit/s, "
+                             f"max_bitrate_mbps) in reserve_check_s ({self.reserve_check_s:g} s)")
         return self
 
     def serial_ports(self) -> list[tuple[str, str]]:

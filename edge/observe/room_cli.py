@@ -190,6 +190,13 @@ def _describe(action: str, answer: Any) -> str:
             f"{'?' if left is None else left} minutes at the present rate "
             f"({int(space.get('free_bytes') or 0) / 2**30:.1f} GiB free)"
         )
+    reserve = answer.get("reserve")
+    held = reserve.get("held") if isinstance(reserve, dict) else None
+    if isinstance(held, list) and held:  # sources the recording reserve stopped (edge.rooms.reserve)
+        lines.append(
+            "DISK AT THE RECORDING RESERVE: stopped until space is freed: "
+            + ", ".join(printable(str(name))[:80] for name in held[:16])
+        )
     return "\n".join(lines)
 
 

@@ -108,13 +108,24 @@ class SegmentPlan:
     video: Coding = Coding.ENCODE
     audio: Coding = Coding.ENCODE
     metadata: Mapping[str, str] = field(default_factory=dict)
-    # Only each input's first video stream, no audio: a GB/T 28181 channel, whose G.711 audio ffmpeg's PS
-    # demuxer takes for MP2 with 0 channels (the MP4 muxer would fail on it, and MP4 takes no G.711).
+    # Only each input's first video stream, no audio: a GB/T 28181 channel without sound (its audio, if
+    # any, is taken out of the program stream by the agent: edge.rooms.gb_feed).
     video_only: bool = False
+    # The streams to map, exactly (``-map`` values), in place of every stream of every input: a GB/T 28181
+    # channel with sound maps its program stream's first video and the raw G.711 input's sound.
+    maps: tuple[str, ...] = ()
+    audio_bitrate: str = "128k"
 
     def __post_init__(self) -> None:
         if not self.segment_time_s > 0:
             raise ValueError(f"segment_time_s must be > 0, got {self.segment_time_s!r}")
+        if self.video_only and self.maps:
+            raise ValueError("video_only and explicit maps exclude each other")
+        if not re.fullmatch(r"[0-9]{1,4}k", self.audio_bitrate):
+            raise ValueError(f"audio_bitrate must be like 128k, got {self.audio_bitrate!r}")
+        for spec in self.maps:
+            if not re.fullmatch(r"[0-9]{1,2}:[va](:[0-9]{1,2})?", spec):
+                raise ValueError(f"a map must be INPUT:v|a[:INDEX], got {spec!r}")
         if self.mp4_layout not in MOVFLAGS:
             raise ValueError(f"mp4_layout must be one of {sorted(MOVFLAGS)}, got {self.mp4_layout!r}")
         for key, value in self.metadata.items():
@@ -161,7 +172,7 @@ def codec_args(plan: SegmentPlan) -> list[str]:
     elif plan.audio is Coding.COPY:
         args += ["-c:a", "copy"]
     else:
-        args += ["-c:a", "aac", "-b:a", "128k"]
+        args += ["-c:a", "aac", "-b:a", plan.audio_bitrate]
     return args
 
 
@@ -172,6 +183,28 @@ def map_args(input_count: int, *, video_only: bool = False) -> list[str]:
     for index in range(input_count):
         args += ["-map", f"{index}:v:0"] if video_only else ["-map", f"{index}:v?", "-map", f"{index}:a?"]
     return args
+
+
+def explicit_map_args(maps: Sequence[str]) -> list[str]:
+    """``-map SPEC`` for each of `maps`, in order (each must be there: no ``?``)."""
+    args: list[str] = []
+    for spec in maps:
+        args += ["-map", spec]
+    return args
+
+
+# AAC of a GB/T 28181 camera's G.711 (8 kHz, mono): ffmpeg's encoder takes at most 48k at 8 kHz.
+GB_AUDIO_BITRATE = "32k"
+
+
+def gb_plan(segment_time_s: float, mp4_layout: str, metadata: Mapping[str, str], *,
+            audio: bool) -> SegmentPlan:
+    """The plan of a GB/T 28181 channel's run: its video stream-copied from the program stream (input 0);
+    with `audio`, the raw G.711 (input 1) encoded to AAC beside it; else video only."""
+    if audio:
+        return SegmentPlan(segment_time_s, mp4_layout, Coding.COPY, Coding.ENCODE, metadata,
+                           maps=("0:v:0", "1:a:0"), audio_bitrate=GB_AUDIO_BITRATE)
+    return SegmentPlan(segment_time_s, mp4_layout, Coding.COPY, Coding.COPY, metadata, video_only=True)
 
 
 def metadata_args(metadata: Mapping[str, str]) -> list[str]:
@@ -195,7 +228,7 @@ def segment_argv(
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
         *input_args(inputs),
-        *map_args(len(inputs), video_only=plan.video_only),
+        *(explicit_map_args(plan.maps) if plan.maps else map_args(len(inputs), video_only=plan.video_only)),
         *codec_args(plan),
         *output,
     ]

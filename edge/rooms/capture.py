@@ -26,6 +26,11 @@ session). The anchor is stream second 0 (the first frame)
 in station time: set when the first segment is listed, so that this segment ends when ffmpeg listed it
 (a source that delivers late does not make its segments claim to be recorded early); until then, and for
 a run that lists nothing, ffmpeg's start. It is kept in the run directory (``anchor_ns``).
+
+Two flood rules end a run (a gap naming the rate): a stream whose timestamps run far ahead of the station's
+clock (:class:`FloodWatch`), and a source that writes more bytes per station second than its ceiling,
+whatever its timestamps say (:mod:`edge.rooms.write_rate`, measured from the files at every look). The
+recording reserve (:mod:`edge.rooms.reserve`) ends a run the same way (`end_for`).
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from typing import Any
 
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
-from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
+from edge.rooms.argv import SEGMENT_LIST, SEGMENT_PATTERN, redact_url_userinfo
 from edge.rooms.progress import Progress, read_progress, with_progress
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
+from edge.rooms.write_rate import WriteMeter, flood_reason
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +88,13 @@ RATE_FLOOD_BURST_S = 10.0
 # the stream may run ahead by up to CONNECT_BURST_MAX_S more; after them the rate is judged from where the
 # window ended (the burst is behind: a real-time camera never runs ahead again, a flood goes on and is
 # ended RATE_FLOOD_BURST_S later). A flood is so ended within about CONNECT_WINDOW_S plus that (review 28).
+# The stream is counted from ffmpeg's start, so the run's first listing is counted too (review 29). This
+# rule reads the source's own timestamps; what it writes is judged apart (FLOOD_REASON, .write_rate).
 CONNECT_WINDOW_S = 10.0
 CONNECT_BURST_MAX_S = 30.0
+# A run that wrote more bytes per station second than its source's ceiling (edge.rooms.write_rate): its
+# gap's reason starts with this.
+FLOOD_REASON = "source-flood"
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,8 @@ async def capture_run(
     report_stalls: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
     pass_fds: Sequence[int] = (),
+    meter: WriteMeter | None = None,
+    end_for: Callable[[], str | None] | None = None,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
@@ -172,7 +185,11 @@ async def capture_run(
     (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack.
     `on_progress`: called whenever ffmpeg's progress report shows it muxed more, with what it muxed
     (:mod:`.progress`: a source with a picture muxing sound only has lost its picture).
-    `pass_fds`: descriptors ffmpeg inherits (the pipes of the composite's feeds), and no others."""
+    `pass_fds`: descriptors ffmpeg inherits (the pipes of the composite's feeds), and no others.
+    `meter`: told what the run's segment files hold (those listed and the one open) at every look; the run
+    ends, a flood, once it says so (:mod:`.write_rate`: bytes per station second against the source's
+    ceiling, whatever its timestamps say). `end_for`: asked at every look; a reason ends the run with it
+    (the recording reserve stopping the largest writer: :mod:`.reserve`)."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -192,6 +209,8 @@ async def capture_run(
     (run_dir / PID_FILE).write_text(f"{process.pid}\n")
     if on_started is not None:
         on_started(process.pid)
+    if meter is not None:
+        meter.begin_run()
     drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
     progress: asyncio.Task[None] | None = None
     if on_progress is not None:
@@ -206,11 +225,14 @@ async def capture_run(
     # clock rate is measured from there (source_clock_rate).
     rate_basis: tuple[float, int] | None = None
     stalled_since_basis_ns = 0
-    flood_watch = FloodWatch()
+    # Counted from ffmpeg's start: the run's first listed segment is the flood's like the rest (review 29).
+    flood_watch = FloodWatch((0.0, anchor))
+    listed_bytes = 0  # what the listed segments held when listed (their pins)
+    open_index = 0  # the segment ffmpeg writes now (seg-%06d, numbered from 0)
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
         nonlocal last_end_s, anchor, anchored, last_end_ns, stalled_total_ns, rate_basis
-        nonlocal stalled_since_basis_ns
+        nonlocal stalled_since_basis_ns, listed_bytes, open_index
         when = closed_ns if closed_ns is not None else _now_ns()
         if segments and not anchored:
             # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
@@ -246,6 +268,8 @@ async def capture_run(
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
             pin = pin_file(run_dir, seg.name)
+            listed_bytes += 0 if pin is None else pin[0]
+            open_index = max(open_index, seg.index + 1)
             last_end_ns = end_ns
             write_station_times(run_dir, seg.name, start_ns, end_ns)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
@@ -265,6 +289,14 @@ async def capture_run(
             if flood is not None:
                 ended = (f"the source's stream runs {flood:.1f}x the station's clock (more than "
                          f"{RATE_MAX:g}x: no real-time source); the run ends before it floods the sealer")
+                break
+            if meter is not None:
+                meter.written(listed_bytes + _size(run_dir / (SEGMENT_PATTERN % open_index)))
+                if (written_rate := meter.flood()) is not None:
+                    ended = f"{FLOOD_REASON}: {flood_reason(written_rate, meter.max_bytes_per_s)}"
+                    break
+            if end_for is not None and (reason := end_for()) is not None:
+                ended = reason
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll_s):
@@ -355,30 +387,32 @@ class FloodWatch:
     """The flood rule of one run (see CONNECT_WINDOW_S): a bounded burst as the source connects, then
     no more than RATE_FLOOD_BURST_S ahead of RATE_MAX times the station's clock."""
 
-    def __init__(self) -> None:
-        self.basis: tuple[float, int] | None = None  # (stream end, station end) the rate is judged from
+    def __init__(self, start: tuple[float, int]) -> None:
+        # (stream, station) the rate is judged from: the run's start (stream second 0 at ffmpeg's start),
+        # so that its first listed segment counts too (review 29: a run's first listing, up to two
+        # segments of a flood, went uncounted when the basis was its end).
+        self.basis: tuple[float, int] = start
         self.stalled_ns = 0  # stalls found since the basis (not the source's time)
-        self.connecting = True  # within CONNECT_WINDOW_S of the run's first listing
+        # The connect window runs from the run's first listing (a camera slow to connect has its burst
+        # after it): None until then.
+        self.window_from_ns: int | None = None
+        self.connecting = True
 
     def listed(self, end_s: float, end_ns: int, stalled_ns: int) -> None:
         """Segments were listed up to `end_s` (stream) at `end_ns` (station), after `stalled_ns` of stall."""
-        if self.basis is None:
-            self.basis = (end_s, end_ns)
-        else:
-            self.stalled_ns += stalled_ns
+        if self.window_from_ns is None:
+            self.window_from_ns = end_ns
+        self.stalled_ns += stalled_ns
 
     def rate(self, end_s: float, end_ns: int | None) -> float | None:
         """The source's rate if it floods (its run is to end), else None."""
-        if self.basis is None or end_ns is None:
+        if end_ns is None or self.window_from_ns is None:
             return None
         if self.connecting:
-            if (end_ns - self.basis[1] - self.stalled_ns) / 1e9 < CONNECT_WINDOW_S:
-                return source_flood_rate(self.basis, end_s, end_ns, self.stalled_ns,
-                                         RATE_FLOOD_BURST_S + CONNECT_BURST_MAX_S)
             flood = source_flood_rate(self.basis, end_s, end_ns, self.stalled_ns,
                                       RATE_FLOOD_BURST_S + CONNECT_BURST_MAX_S)
-            if flood is not None:  # over the window's whole allowance: no burst
-                return flood
+            if flood is not None or (end_ns - self.window_from_ns - self.stalled_ns) / 1e9 < CONNECT_WINDOW_S:
+                return flood  # over the window's whole allowance (no burst), or still within the window
             # The window is over: what the connection sent at once is behind; judged from here on.
             self.connecting = False
             self.basis, self.stalled_ns = (end_s, end_ns), 0
@@ -539,6 +573,15 @@ def _unlisted(run_dir: Path, listed: set[str]) -> list[tuple[Path, int]]:
         if info.st_size > 0 and stat.S_ISREG(info.st_mode):
             found.append((path, info.st_mtime_ns))
     return found
+
+
+def _size(path: Path) -> int:
+    """The size of `path` (0 when it is not there yet, or not a regular file)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
 def _index(name: str) -> int:

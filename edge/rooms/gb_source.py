@@ -3,10 +3,12 @@
 A source configured with ``[rooms.room.source.gb28181]`` (device id, channel id) has no ffmpeg inputs of
 its own. While its session records, :class:`GbRoomChannel` holds the channel (`LiveStreams.open`: one Play
 shared by every holder), and each ffmpeg run of the source starts once media flows
-(:meth:`GbRoomChannel.ready`) and reads the channel's socket: ``-f mpeg -i unix:PATH`` (:func:`gb_input`),
-video stream-copied, no audio (:attr:`edge.rooms.argv.SegmentPlan.video_only`: ffmpeg 5.1's PS demuxer
-takes GB G.711 audio for MP2 with 0 channels, and MP4 takes no G.711; a room records its sound through a
-microphone source).
+(:meth:`GbRoomChannel.ready`) with a feed of its own (:mod:`edge.rooms.gb_feed`): the agent reads the
+channel and writes its video (``-f mpeg``, stream-copied) and the camera's G.711 sound (raw, ``-f
+alaw|mulaw``, aligned with the video and encoded to AAC in the segments) to two pipes only that ffmpeg
+has. A camera without audio in its PSM records video only. A hole in the sound is filled with silence of
+its length and, from 0.2 s on, is a gap of its own (``reason`` ``audio-lost: ...``, ``audio`` ``lost``:
+the picture went on, the sound is silence there), unless a gap is open already.
 
 Gaps. The room's ``gap`` entries (with ``room_session``) are the authoritative record of what a session
 lacks: the session manifest lists them. The live layer writes its own ``gap`` entries (``source``
@@ -14,10 +16,10 @@ gb28181, ``live`` interrupted / stalled / lost, no ``room_session``): they descr
 holder and are not counted in the session. One outage is one room gap:
 
 * interrupted (the Play ended: the device's BYE, its media idle, the device offline): the live layer
-  closes the socket, ffmpeg ends its last segment and exits; the room's gap for that run opens as every
-  run's gap does (``from`` = the end of the source's last segment), with the live layer's reason in place
-  of "ffmpeg exited" and ``live_from`` (the last packet's arrival); the first segment after the channel
-  resumed closes it;
+  ends the run's reader, the feed closes its pipes, ffmpeg ends its last segment and exits; the room's
+  gap for that run opens as every run's gap does (``from`` = the end of the source's last segment), with
+  the live layer's reason in place of "ffmpeg exited" and ``live_from`` (the last packet's arrival); the
+  first segment after the channel resumed closes it;
 * stalled (media stopped `stall_s` or longer and came again in the same Play, ffmpeg still running): a
   gap of its own, ``from``/``to`` the stall's arrival times, unless a gap is open already (a stall longer
   than the liveness timeout: the supervisor restarted ffmpeg and its gap covers it). A device's
@@ -32,28 +34,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
-from edge.config.rooms import RoomGbChannelConfig, RoomInputConfig
+from edge.config.rooms import RoomGbChannelConfig
 from edge.gb28181.live import LiveError, LiveEvent, LiveHandle, LiveStreams
+from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_feed import GbFeedEnded, GbRunFeed
 
 log = logging.getLogger(__name__)
 
-# ffmpeg reads the socket from a key frame on (the live layer starts each consumer at one), so a short
-# probe suffices; a damaged pack is dropped rather than muxed.
-GB_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
 NOT_RUNNING = ("GB/T 28181 live streams are not running on this station ([gb28181] is not enabled, or its "
                "live sockets could not be made: see the ledger)")
 
 
 class GbSourceUnavailable(Exception):
     """The channel cannot be read now; the message says why (a gap's reason)."""
-
-
-def gb_input(socket_path: Path) -> RoomInputConfig:
-    """The ffmpeg input of a live channel's socket (validated like a configured input)."""
-    return RoomInputConfig.model_validate(
-        {"url": f"unix:{socket_path}", "format": "mpeg", "options": dict(GB_INPUT_OPTIONS)})
 
 
 def gb_metadata(config: RoomGbChannelConfig) -> dict[str, str]:
@@ -85,9 +79,11 @@ class GbRoomChannel:
     def __repr__(self) -> str:
         return f"GbRoomChannel({self.config.device_id}/{self.config.channel_id})"
 
-    async def ready(self) -> list[RoomInputConfig]:
-        """The run's input, once media flows (the channel is opened first if it is not held): waits while
-        the channel is interrupted. `GbSourceUnavailable` when it cannot be held or stopped meanwhile."""
+    async def ready(self, on_audio_gap: Callable[[AudioGap], None]) -> GbRunFeed:
+        """The run's feed, once media flows (the channel is opened first if it is not held), prepared (its
+        first key frame's stream map read: video only, or video and sound): waits while the channel is
+        interrupted. `GbSourceUnavailable` when it cannot be held or stopped meanwhile. The caller closes
+        the feed after the run."""
         if self.live is None:
             raise GbSourceUnavailable(NOT_RUNNING)
         if self._handle is None:
@@ -101,10 +97,21 @@ class GbRoomChannel:
             self._handle = handle
         try:
             await self._handle.wait_streaming()
+            reader = self._handle.reader()
         except LiveError as exc:
             self.close()  # a stopped channel is held again at the next run
             raise GbSourceUnavailable(str(exc)) from None
-        return [gb_input(self._handle.socket_path)]
+        feed = GbRunFeed(reader, what=f"GB/T 28181 channel {self.config.device_id}/{self.config.channel_id}",
+                         on_audio_gap=on_audio_gap)
+        try:
+            await feed.prepare()
+        except GbFeedEnded as exc:
+            feed.close()
+            raise GbSourceUnavailable(f"the live stream ended before its first key frame: {exc}") from None
+        except BaseException:
+            feed.close()
+            raise
+        return feed
 
     def close(self) -> None:
         """Let go of the channel (its Play stops after the live layer's linger if nobody else holds it)."""

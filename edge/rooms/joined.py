@@ -325,6 +325,11 @@ async def join_source(
         if problems:
             return await _refused(pipeline, result, where, problems)
         probed = await probe_streams(ffprobe, output)
+        if not isinstance(probed, str):
+            assert first is not None  # every segment was probed above
+            lost = joined_streams_problem(first, probed[0])
+            if lost is not None:
+                return await _refused(pipeline, result, where, [lost])
         result.duration_s = None if isinstance(probed, str) else probed[1]
         item = await seal_session_file(
             pipeline, output, session=session, role=JOINED_ROLE, station_id=station_id,
@@ -347,6 +352,16 @@ async def join_source(
     finally:
         output.unlink(missing_ok=True)
         list_path.unlink(missing_ok=True)
+
+
+def joined_streams_problem(segments: StreamLayout, joined: StreamLayout) -> str | None:
+    """Why a joined file does not hold what its segments hold (the kinds of stream, in order: a source
+    recorded with sound, a GB/T 28181 camera's G.711 as AAC, must keep it), or None."""
+    kinds, joined_kinds = [s[0] for s in segments], [s[0] for s in joined]
+    if kinds == joined_kinds:
+        return None
+    return (f"the joined file has streams {_layout_text(joined)}, its segments {_layout_text(segments)}: "
+            "a stream was lost in the join")
 
 
 def _layout_text(layout: StreamLayout) -> str:

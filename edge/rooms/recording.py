@@ -41,6 +41,13 @@ A source that stalls for less than the liveness timeout (ffmpeg not restarted) i
 capture (:func:`edge.rooms.capture.station_spans`) finds the first segment listed after it claiming much
 more station time than it holds, and hands the excess over as a stall (``reason`` ``source-stalled: ...``).
 
+A source that writes more than its ceiling (``max_bitrate_mbps``, bytes per station second whatever its
+timestamps say: :mod:`edge.rooms.write_rate`) has its run ended as a flood (``reason`` ``source-flood: ...``);
+with a :class:`~edge.rooms.reserve.RecordingReserve`, the source writing the most once the store's disk is
+at its reserve plus the recording margin has its run ended (``reason`` ``disk-reserve: ...``) and waits, its
+gap open, until space is freed (:meth:`SessionRecording._room_to_record`). Either way its ffmpeg closes and
+lists its open segment, which is sealed: nothing written is dropped.
+
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
 
@@ -79,6 +86,7 @@ from edge.rooms.argv import (
     Coding,
     SegmentPlan,
     codec_plan,
+    gb_plan,
     probe_argv,
     probed_codecs,
     redact_url_userinfo,
@@ -97,12 +105,16 @@ from edge.rooms.capture import (
 from edge.rooms.composite import OVERLAY_DIR, CompositeOutput, RunPipes
 from edge.rooms.devices import device_metadata
 from edge.rooms.feed_relay import FeedDrop
+from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_feed import GbRunFeed
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.progress import Progress
+from edge.rooms.reserve import RESERVE_REASON, RecordingReserve
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
 from edge.rooms.state import SessionFiles
+from edge.rooms.write_rate import MBIT, WriteMeter
 from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
 
 log = logging.getLogger(__name__)
@@ -120,6 +132,8 @@ LATE_START_REASON = "source-late-start"
 STALLED_REASON = "source-stalled"
 # A source with a picture whose video stopped while its sound went on, for the liveness timeout.
 VIDEO_LOST_REASON = "video-lost"
+# The sound of a GB/T 28181 camera missing while its picture went on (filled with silence of its length).
+AUDIO_LOST_REASON = "audio-lost"
 # Packets of a source's feed the composite did not take (edge.rooms.feed_relay): the composite's gap.
 FEED_DROPPED_REASON = "composite-feed-dropped"
 # A listed (or partial) segment that could not be sealed: its time is a gap.
@@ -185,6 +199,10 @@ class SourceRecording:
     # after it (503 / 453), and a probe before every restart would lose that race at every restart.
     probed_coding: tuple[Coding, Coding] | None = None
     feeds: Callable[[], list[dict[str, Any]]] | None = None  # the composite: its feeds' counters
+    # What its runs write, by the station's clock: the flood rule's and the reserve's measure (.write_rate).
+    meter: WriteMeter | None = None
+    gb_feed: GbRunFeed | None = None  # a GB/T 28181 channel: its current (or last) run's feed
+    audio_noted: bool = False  # its sound not recorded (not G.711) is on the ledger for this session
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -202,11 +220,16 @@ class SourceRecording:
                 "from_utc": iso_from_ns(self.gap_from_ns), "reason": self.gap_reason,
                 "attempts": self.gap_attempts,
             },
+            # What it writes now, by the station's clock (edge.rooms.write_rate), and its ceiling.
+            "write_mbit_s": None if self.meter is None else round(self.meter.recent_bytes_per_s() / MBIT, 2),
+            "max_bitrate_mbps": self.config.max_bitrate_mbps,
             "max_seal_latency_s": max(latencies, default=None),
             "last_seal_latency_s": latencies[-1] if latencies else None,
         }
         if self.feeds is not None:  # the composite: what became of each source's feed
             found["feeds"] = self.feeds()
+        if self.gb_feed is not None:  # a GB/T 28181 channel: its sound, as its run's feed took it
+            found["gb_feed"] = self.gb_feed.status()
         return found
 
 
@@ -226,8 +249,10 @@ class SessionRecording:
         clock_synchronised: Callable[[], bool] = lambda: False,
         resumed_from_ns: dict[str, int] | None = None,
         live: LiveStreams | None = None,
+        reserve: RecordingReserve | None = None,
     ) -> None:
         self.session = session
+        self.reserve = reserve  # the store's disk, shared with the other rooms (edge.rooms.reserve)
         self.room = room
         self.settings = settings
         self.pipeline = pipeline
@@ -248,6 +273,8 @@ class SessionRecording:
                 feeds=self.composite.feed_status)
             for source_id in self.composite.feeds:  # the originals feed it
                 self.sources[source_id].pipes = functools.partial(self.composite.source_pipes, source_id)
+        for source in self.sources.values():
+            source.meter = WriteMeter(source.config.max_bitrate_mbps * MBIT)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -365,11 +392,31 @@ class SessionRecording:
                                                name=f"room-grace-{self.session.room}-{config.id}"))
 
         try:
+            await self._room_to_record(source, run_began_ns, liveness)
             await self._one_run(source, run_began_ns, liveness, keep_alive)
         finally:
             for keeper in keepers:
                 keeper.cancel()
             await asyncio.gather(*keepers, return_exceptions=True)
+
+    async def _room_to_record(self, source: SourceRecording, run_began_ns: int, liveness: Liveness) -> None:
+        """Wait, the source's gap open and its task kept alive, while the store's disk is at the recording
+        reserve (edge.rooms.reserve): a source the reserve stopped starts again only once space is freed."""
+        if self.reserve is None:
+            return
+        while True:
+            room, free = await asyncio.to_thread(self.reserve.room_to_record, self.session.room,
+                                                  source.config.id)
+            if room:
+                return
+            if source.gap_from_ns is None:  # a source starting with the disk at the reserve already
+                free_mib = (free or 0) / (1 << 20)
+                self._open_gap(source, run_began_ns, (
+                    f"{RESERVE_REASON}: the store's disk has {free_mib:.1f} MiB free, under its "
+                    "reserve and the recording margin ([rooms] record_margin_bytes): the source waits for "
+                    "space to be freed"))
+            liveness.beat()
+            await asyncio.sleep(min(self.reserve.check_s, 0.5))  # well within the liveness timeout
 
     async def _one_run(
         self, source: SourceRecording, run_began_ns: int, liveness: Liveness,
@@ -382,49 +429,52 @@ class SessionRecording:
         first_segment = asyncio.Event()
         redact: Callable[[str], str] = redact_url_userinfo
         if source.gb is not None:
-            inputs = await self._gb_inputs(source, run_began_ns)
-            if source.first_media_ns is None:
-                source.first_media_ns = time.time_ns()
-            video, audio = Coding.COPY, Coding.COPY  # stream copy of the channel's video (video_only)
-        else:
-            try:
-                inputs, redact = resolved_inputs(config.input)
-            except ConfigError as exc:  # names the reference and why, never a value
-                self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
-                raise
-            # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
-            # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
-            probed = asyncio.Event()
-            keep_alive(probed, self._probe_deadline_s(config))
-            try:
-                video, audio = await self._coding(config, inputs, source)
-            except ProbeStalled as exc:
-                self._open_gap(source, run_began_ns, redact(str(exc)))
-                raise
-            except asyncio.CancelledError:
-                if not self._stop.is_set():
-                    self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness "
-                                   f"timeout ({self.liveness_timeout_s:g} s)")
-                raise
-            finally:
-                probed.set()
+            await self._gb_run(source, run_began_ns, liveness, keep_alive)
+            return
+        try:
+            inputs, redact = resolved_inputs(config.input)
+        except ConfigError as exc:  # names the reference and why, never a value
+            self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
+            raise
+        # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
+        # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+        probed = asyncio.Event()
+        keep_alive(probed, self._probe_deadline_s(config))
+        try:
+            video, audio = await self._coding(config, inputs, source)
+        except ProbeStalled as exc:
+            self._open_gap(source, run_began_ns, redact(str(exc)))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness "
+                               f"timeout ({self.liveness_timeout_s:g} s)")
+            raise
+        finally:
+            probed.set()
         keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
-        source.coding = (video.value, "none" if config.gb28181 is not None else audio.value)
+        source.coding = (video.value, audio.value)
+        metadata = segment_metadata(self.session, config)
+        metadata.update(device_metadata(config.input))  # which device the stable name is now
+        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata)
+        await self._ffmpeg_run(source, inputs, plan, run_began_ns, redact, liveness, first_segment)
+
+    async def _ffmpeg_run(
+        self, source: SourceRecording, inputs: list[RoomInputConfig], plan: SegmentPlan, run_began_ns: int,
+        redact: Callable[[str], str], liveness: Liveness, first_segment: asyncio.Event,
+        *, input_fds: tuple[int, ...] = (),
+    ) -> None:
+        """The ffmpeg of one run, in a run directory of its own (`input_fds`: pipes its inputs read)."""
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
-        run_dir = self.files.run_dir(self.session.session, config.id, run)
-        metadata = segment_metadata(self.session, config)
-        if config.gb28181 is not None:
-            metadata.update(gb_metadata(config.gb28181))
-        metadata.update(device_metadata(config.input))  # which device the stable name is now
-        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
-                           video_only=config.gb28181 is not None)
+        run_dir = self.files.run_dir(self.session.session, source.config.id, run)
         # A source the composite shows, and the composite, get new pipes for each run (their feeds).
         with contextlib.nullcontext(None) if source.pipes is None else source.pipes() as pipes:
             builder = segment_argv if pipes is None else pipes.argv
             argv = builder(self.settings.ffmpeg, inputs, plan, run_dir)
             await self._capture(source, argv, run_dir, run_began_ns, started_ns, redact, liveness,
-                                first_segment, pass_fds=() if pipes is None else pipes.pass_fds)
+                                first_segment,
+                                pass_fds=input_fds + (() if pipes is None else pipes.pass_fds))
 
     async def _capture(
         self, source: SourceRecording, argv: list[str], run_dir: Path, run_began_ns: int, started_ns: int,
@@ -489,11 +539,15 @@ class SessionRecording:
         def started(pid: int) -> None:
             source.pid = pid
 
+        writing = (contextlib.nullcontext(None) if self.reserve is None or source.meter is None
+                   else self.reserve.writing(self.session.room, source.config.id, source.meter))
         try:
-            # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
-            await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
-                              on_started=started, anchor_ns=started_ns, redact=redact,
-                              report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds)
+            with writing as writer:
+                # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
+                await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
+                                  on_started=started, anchor_ns=started_ns, redact=redact,
+                                  report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds,
+                                  meter=source.meter, end_for=None if writer is None else writer.end_for)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise
@@ -567,11 +621,83 @@ class SessionRecording:
 
     # -- a GB/T 28181 channel (edge.rooms.gb_source) -------------------------------------------------
 
-    async def _gb_inputs(self, source: SourceRecording, run_began_ns: int) -> list[RoomInputConfig]:
-        """The channel's socket as the run's input, once media flows (a gap while it does not)."""
+    async def _gb_run(
+        self, source: SourceRecording, run_began_ns: int, liveness: Liveness,
+        keep_alive: Callable[[asyncio.Event, float], None],
+    ) -> None:
+        """One run of a GB/T 28181 channel: its feed (edge.rooms.gb_feed: video and, when the camera has
+        G.711 sound, the sound) pumped to the run's ffmpeg while it runs, closed after it."""
+        config = source.config
+        assert config.gb28181 is not None
+        feed = await self._gb_feed(source, run_began_ns)
+        source.gb_feed = feed
+        try:
+            if source.first_media_ns is None:
+                source.first_media_ns = time.time_ns()
+            if feed.unsupported_audio is not None and not source.audio_noted:
+                source.audio_noted = True
+                try:
+                    await self._audio_not_recorded(source, feed.unsupported_audio.value)
+                except Exception:  # the record of it must not cost the picture
+                    log.exception("room %s source %s: the note of its sound not recorded failed",
+                                  self.session.room, config.id)
+            first_segment = asyncio.Event()
+            keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
+            with_audio = feed.audio_codec is not None
+            source.coding = (Coding.COPY.value, Coding.ENCODE.value if with_audio else "none")
+            metadata = segment_metadata(self.session, config)
+            metadata.update(gb_metadata(config.gb28181))
+            if feed.audio_codec is not None:
+                metadata["gb28181_audio"] = feed.audio_codec.value
+            plan = gb_plan(self.settings.segment_time_s, self.settings.mp4_layout, metadata, audio=with_audio)
+            pump = asyncio.create_task(self._gb_pump(source, feed),
+                                       name=f"room-gb-feed-{self.session.room}-{config.id}")
+            try:
+                await self._ffmpeg_run(source, feed.inputs, plan, run_began_ns, redact_url_userinfo, liveness,
+                                       first_segment, input_fds=feed.pass_fds)
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+        finally:
+            feed.close()
+
+    async def _gb_pump(self, source: SourceRecording, feed: GbRunFeed) -> None:
+        """The feed's pump; a run the feed itself ended (ffmpeg cut off, the sound not taken) gets that
+        reason for its gap."""
+        await feed.pump()
+        if feed.end_reason is not None and source.live_interruption is None and source.gap_from_ns is None:
+            source.live_interruption = (feed.end_reason, (("live", "feed"),))
+
+    def _audio_gap(self, source: SourceRecording, gap: AudioGap) -> None:
+        """The camera's sound was missing (filled with silence of its length): a gap of its own, unless a
+        gap is open (the run's end is one already)."""
+        if source.gap_from_ns is not None or source.live_interruption is not None:
+            return
+        until = " until the run ended" if gap.ongoing_at_end else ""
+        reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing for {gap.seconds:.1f} s{until} while "
+                  "its picture went on; the recording holds silence of that length there")
+        detail = (("audio", "lost"), ("silence_s", gap.seconds))
+        source.queue.put_nowait(GapOpened(gap.from_ns, reason, detail))
+        source.queue.put_nowait(GapClosed(max(gap.to_ns, gap.from_ns)))
+
+    async def _audio_not_recorded(self, source: SourceRecording, codec: str) -> None:
+        """The camera's PSM lists sound the room cannot record (not G.711): said once per session."""
+        data = {
+            "stage": "room gb audio", "room_session": self.session.session, "room": self.session.room,
+            "source": source.config.id, "audio_codec": printable(codec)[:32],
+            "reason": (f"the camera's sound ({printable(codec)[:32]}) is not recorded: a GB/T 28181 room "
+                       "source records G.711 A-law or µ-law sound (PSM stream type 0x90 or 0x91); this "
+                       "source records video only"),
+        }
+        log.error("room %s source %s: %s", self.session.room, source.config.id, data["reason"])
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+
+    async def _gb_feed(self, source: SourceRecording, run_began_ns: int) -> GbRunFeed:
+        """The channel's feed for a run, once media flows (a gap while it does not)."""
         assert source.gb is not None
         try:
-            return await source.gb.ready()
+            return await source.gb.ready(functools.partial(self._audio_gap, source))
         except GbSourceUnavailable as exc:
             self._open_gap(source, run_began_ns, str(exc))
             raise

@@ -61,6 +61,7 @@ from edge.rooms.reconcile import (
     stop_manifest_sealed,
 )
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
+from edge.rooms.reserve import RecordingReserve
 from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
     MAX_NOTE,
@@ -130,9 +131,18 @@ class RoomService:
         # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
         self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
-        self.space = SpaceWatch(
+        # While rooms record, no source takes the disk into the store's reserve (edge.rooms.reserve): the
+        # largest writer is stopped at the reserve plus the margin, where the space warnings count to.
+        self.reserve = RecordingReserve(
             store.layout.root,
             reserve_bytes=pipeline.settings.min_free_bytes,
+            margin_bytes=settings.record_margin_bytes,
+            check_s=settings.reserve_check_s,
+            record=self._record,
+        )
+        self.space = SpaceWatch(
+            store.layout.root,
+            reserve_bytes=self.reserve.threshold_bytes,
             check_s=settings.space_check_s,
             window_s=settings.space_rate_window_s,
             warn_minutes=settings.space_warn_minutes,
@@ -398,6 +408,7 @@ class RoomService:
             clock_synchronised=self.clock_synchronised,
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
             live=self.live,
+            reserve=self.reserve,
         )
         self._recordings[session.room] = recording
         if session.room in self.overlay_lines:
@@ -442,8 +453,10 @@ class RoomService:
             # staging (booked in export._RUNNING): a start keeps it too, or both take the same bytes
             # (review 29). Read at call time: the bookings change as exports start and end.
             exporting = list(export_module._RUNNING.values())
+            # The recording margin above the reserve too: under it the recording reserve stops sources
+            # (edge.rooms.reserve), so a start there would begin with a gap (review 29).
             needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
-                      + self.pipeline.settings.min_free_bytes + sum(exporting))
+                      + self.reserve.threshold_bytes + sum(exporting))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
                 if exporting:
@@ -454,7 +467,8 @@ class RoomService:
                     room,
                     by,
                     f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
-                    f"GiB ([rooms] start_min_free_bytes{kept}, and the offload reserve): free space first",
+                    f"GiB ([rooms] start_min_free_bytes{kept}, the offload reserve and [rooms] "
+                    "record_margin_bytes): free space first",
                     507,
                 )
             try:
@@ -655,6 +669,7 @@ class RoomService:
                 }
             )
         return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status(),
+                "reserve": self.reserve.status(),
                 # Stopped sessions whose products could not be made at this start (their `error` entry is
                 # on the ledger once; `edge verify` names them too).
                 "products_problems": [{"room_session": session, "problem": why}
@@ -729,9 +744,11 @@ class RoomService:
         reserve = self.pipeline.settings.min_free_bytes
         reserve_what = "the store's reserve"
         if recording := sorted(self.active):
-            reserve += self.settings.start_min_free_bytes * len(recording)
-            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept for each room "
-                            f"recording ({len(recording)}: {', '.join(recording)})")
+            # ... and the recording margin, under which the recording reserve stops their sources.
+            reserve += self.settings.start_min_free_bytes * len(recording) + self.settings.record_margin_bytes
+            reserve_what = (f"the store's reserve, the [rooms] record_margin_bytes and the "
+                            f"start_min_free_bytes kept for each room recording ({len(recording)}: "
+                            f"{', '.join(recording)})")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,

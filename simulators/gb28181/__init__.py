@@ -17,8 +17,9 @@ UTC + `--utc-offset`, off by `--clock-offset`) and RecordInfo (the files in --me
 MESSAGEs when there are more than `--records-per-message`, same SN, SumNum the total, each part sent after
 the platform's 200 to the previous one). Each file is one recording: its time range comes from a sidecar
 `NAME.json` (`{"start": "...", "end": "..."}`, device-local) or ends at the file's mtime and lasts its
-ffprobe duration. INVITE Play (loops the first recording or `--live-file`, or ffmpeg's testsrc without
-files), Playback (real time) and Download (at `a=downloadspeed`) are answered with SDP (`y=` as offered,
+ffprobe duration. INVITE Play (loops the first recording or `--live-file`, with its sound as G.711A
+when it has any, or ffmpeg's testsrc without sound when there are no files), Playback (real time) and
+Download (at `a=downloadspeed`) are answered with SDP (`y=` as offered,
 or its own SSRC when the offer has none), then the file goes out as GB PS (drivers/gb28181/ps.PsMuxer:
 H.264 or H.265, G.711A audio when the source has audio) over RTP: UDP, TCP where the device connects
 (the platform offered `a=setup:passive`) or TCP where it listens (`a=setup:active`), RFC 4571 framing.
@@ -51,6 +52,7 @@ Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
     slow               history streams at a quarter of real time, whatever downloadspeed asked
     die-mid-stream     the stream stops halfway: no more RTP, no 121, a TCP media connection is reset
     stall=N            the stream pauses halfway for N seconds (once per session), then goes on at its pace
+    audio-drop=N       from halfway, N seconds of audio are not sent (once per session); the picture goes on
 
 The packet faults are seeded (`--seed`): the same seed drops, swaps and repeats the same packets, and
 `MediaSession.stats` names their sequence numbers. The packet faults act on TCP media too (a device whose

@@ -74,7 +74,7 @@ from drivers.gb28181.sip_transport import (
     TransportLimits,
 )
 
-from .media import CLOCK_HZ, MediaFacts, MediaFrame, Recording, read_frames, scan_recordings
+from .media import AUDIO_RATE_HZ, CLOCK_HZ, MediaFacts, MediaFrame, Recording, read_frames, scan_recordings
 from .settings import DeviceSettings, Fault, SipTransportKind
 from .stream import (
     MediaSender,
@@ -629,9 +629,9 @@ class SimulatedDevice:
             await outlet.close()
             log.warning("device %s: cannot answer the offer: %s", s.device_id, exc)
             return response_to(req, 488, to_tag=tag)
-        facts = recording.facts if recording else None
-        video_codec = facts.video if facts else self._live_codec()
-        has_audio = bool(facts.has_audio) if facts else False
+        facts = recording.facts if recording else self._live_source()[1]
+        video_codec = facts.video if facts else Codec.H264
+        has_audio = bool(facts.has_audio) if facts else False  # G.711A when the file has sound
         stop_after: int | None = None
         if s.has(Fault.DIE_MID_STREAM):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
@@ -640,11 +640,16 @@ class SimulatedDevice:
         if s.has(Fault.STALL):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
             stall = (max(1, int(frames // 2)), s.seconds(Fault.STALL))
+        audio_drop: tuple[int, float] | None = None
+        if s.has(Fault.AUDIO_DROP):
+            frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
+            audio_drop = (max(1, int(frames // 2)), s.seconds(Fault.AUDIO_DROP))
         sender = MediaSender(outlet, ssrc=rtp_ssrc, video=video_codec, audio=has_audio, speed=speed,
                              faults=PacketFaults(loss=s.probability(Fault.LOSS),
                                                  reorder=s.probability(Fault.REORDER),
                                                  duplicate=s.probability(Fault.DUPLICATE), seed=s.seed),
-                             payload_bytes=s.rtp_payload_bytes, stop_after_frames=stop_after, stall=stall)
+                             payload_bytes=s.rtp_payload_bytes, stop_after_frames=stop_after, stall=stall,
+                             audio_drop=audio_drop)
         session = MediaSession(call_id=req.call_id, local_tag=tag, kind=kind, channel_id=channel_id,
                                invite=req, peer=peer, offer=offer, answer=answer, rtp_ssrc=rtp_ssrc,
                                speed=speed, recording=recording, transport=transport, setup=setup,
@@ -660,10 +665,6 @@ class SimulatedDevice:
         if peer.transport is Transport.UDP:
             self._spawn(self._retransmit_until_ack(session, response))
         return response
-
-    def _live_codec(self) -> Codec:
-        facts = self._live_source()[1]
-        return facts.video if facts is not None else Codec.H264
 
     def _live_source(self) -> tuple[Path | None, MediaFacts | None]:
         if self.settings.live_file is not None:
@@ -802,7 +803,11 @@ async def _looped(path: Path | None, facts: MediaFacts | None) -> AsyncIterator[
                 count += 1
                 pts = frame.pts + offset
                 dts = frame.dts + offset if frame.dts is not None else None
-                last = max(last, pts, dts or 0)
+                # The next round starts after this one's last picture and its last sound, whichever ends
+                # later: its audio never overlaps this one's.
+                end = pts + (round(len(frame.data) * CLOCK_HZ / AUDIO_RATE_HZ) - frame_ticks
+                             if not frame.video else 0)
+                last = max(last, end, dts or 0)
                 yield replace(frame, pts=pts, dts=dts)
         finally:  # its ffmpeg stops with us, not whenever the generator is collected
             aclose = getattr(frames, "aclose", None)

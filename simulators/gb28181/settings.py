@@ -28,12 +28,13 @@ class Fault(StrEnum):
     SLOW = "slow"  # history streams at a quarter of the asked speed (downloadspeed ignored)
     DIE_MID_STREAM = "die-mid-stream"  # stops a stream halfway: no more RTP, no 121, TCP dropped
     STALL = "stall"  # pauses a stream halfway for N seconds (`stall=2`), then goes on (an encoder hanging)
+    AUDIO_DROP = "audio-drop"  # sends no audio for N seconds from halfway (`audio-drop=2`); video goes on
 
 
 # Faults that take a probability (`loss=0.05`); the others are bare names.
 PROBABILITY_FAULTS = frozenset({Fault.LOSS, Fault.REORDER, Fault.DUPLICATE})
 # Faults that take seconds (`stall=2`).
-SECONDS_FAULTS = frozenset({Fault.STALL})
+SECONDS_FAULTS = frozenset({Fault.STALL, Fault.AUDIO_DROP})
 MAX_FAULT_SECONDS = 3600.0
 
 

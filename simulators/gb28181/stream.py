@@ -184,6 +184,8 @@ class SendStats:
     completed: bool = False  # every frame of the source was handed to the outlet
     died: bool = False
     stalled_s: float = 0.0  # seconds the stall fault held the stream
+    audio_dropped: int = 0  # audio frames the audio-drop fault left out
+    audio_dropped_pts: tuple[int, int] | None = None  # (first, last) PTS of those frames
 
 
 @dataclass(frozen=True)
@@ -203,12 +205,16 @@ class MediaSender:
     """Sends `frames` over `outlet` as PS/RTP with SSRC `ssrc`, paced at `speed` × real time (None: as
     fast as the outlet takes them). `stop_after_frames` makes the stream die there (the die fault);
     `stall` (frames, seconds) pauses it once after that many frames for that long, then it goes on at its
-    pace (the stall fault: the pause is not caught up in a burst)."""
+    pace (the stall fault: the pause is not caught up in a burst). `audio_drop` (frames, seconds) leaves
+    out the audio frames of that many seconds after that many video frames (the audio-drop fault: a
+    microphone's packets lost while the picture goes on; the PTS of the audio that follows do not close
+    up)."""
 
     def __init__(self, outlet: Outlet, *, ssrc: int, video: Codec, audio: bool, speed: float | None,
                  faults: PacketFaults = PacketFaults(), payload_bytes: int = 1400,
                  stop_after_frames: int | None = None, first_sequence: int | None = None,
-                 stall: tuple[int, float] | None = None) -> None:
+                 stall: tuple[int, float] | None = None,
+                 audio_drop: tuple[int, float] | None = None) -> None:
         self._outlet = outlet
         self._ssrc = ssrc
         self._muxer = PsMuxer(video, Codec.G711A if audio else None)
@@ -219,6 +225,8 @@ class MediaSender:
         self._faults = faults
         self._stop_after_frames = stop_after_frames
         self._stall = stall
+        self._audio_drop = audio_drop
+        self._audio_drop_until: int | None = None  # PTS up to which audio is left out, once begun
         self._sequence = (first_sequence if first_sequence is not None
                           else self._random.randrange(1 << 16))  # RFC 3550: random initial sequence
         self._held: tuple[int, bytes] | None = None  # a packet the reorder fault sends after the next
@@ -253,6 +261,8 @@ class MediaSender:
                 pack = self._muxer.video_frame(frame.data, frame.pts, key=frame.key, dts=frame.dts)
                 self.stats.frames += 1
             elif self._audio:
+                if self._drops_audio(frame):
+                    continue
                 pack = self._muxer.audio_frame(frame.data, frame.pts)
                 self.stats.audio_frames += 1
             else:
@@ -268,6 +278,20 @@ class MediaSender:
         await self._flush_held()
         self.stats.completed = True
         return self.stats
+
+    def _drops_audio(self, frame: MediaFrame) -> bool:
+        """Whether the audio-drop fault leaves `frame` out (recorded in the stats)."""
+        if self._audio_drop is None or self.stats.frames < self._audio_drop[0]:
+            return False
+        if self._audio_drop_until is None:
+            self._audio_drop_until = frame.pts + round(self._audio_drop[1] * CLOCK_HZ)
+        if frame.pts >= self._audio_drop_until:
+            self._audio_drop = None
+            return False
+        self.stats.audio_dropped += 1
+        first = frame.pts if self.stats.audio_dropped_pts is None else self.stats.audio_dropped_pts[0]
+        self.stats.audio_dropped_pts = (first, frame.pts)
+        return True
 
     async def _send_pack(self, pack: bytes, timestamp: int) -> None:
         chunks = [pack[i:i + self._payload_bytes] for i in range(0, len(pack), self._payload_bytes)]

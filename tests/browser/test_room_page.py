@@ -343,6 +343,15 @@ def test_a_disk_space_warning_is_shown_while_there_is_one(page: Page, station: R
     # Control: the level back to ok takes the warning away.
     reading(SpaceLevel.OK, None)
     expect(warning).to_be_hidden(timeout=EXPECT_MS)
+    # A source the recording reserve stopped (review 29) is named until space is freed.
+    held = station.service.reserve._held
+    station.live.call_soon(lambda: held.add(("xw-1", "cam")))
+    expect(warning).to_have_text("The disk is at its reserve: recording stopped for xw-1/cam (what they "
+                                 "recorded is sealed). Tell the administrator to free space now",
+                                 timeout=EXPECT_MS)
+    expect(warning).to_have_attribute("data-level", "critical")
+    station.live.call_soon(held.clear)
+    expect(warning).to_be_hidden(timeout=EXPECT_MS)
 
 
 def test_the_rooms_panel_lamp_climate_and_ptz_are_shown(page: Page, station: RoomStation) -> None:

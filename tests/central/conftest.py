@@ -43,7 +43,7 @@ from edge.pki.tls import client_ssl_context
 from tests.central.ceph import ceph_gateway  # noqa: F401
 
 # A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
-from tests.central.pg import PostgresDatabaseUnderTest, pg_database, pg_server  # noqa: F401
+from tests.central.pg import PostgresDatabaseUnderTest, pg_database, pg_server, split_roles  # noqa: F401
 
 CERT_SHA = "c" * 64
 

@@ -37,18 +37,21 @@ class ReceiverSite:
     pg: PostgresDatabaseUnderTest
     gateway: CephGateway
     bucket: str
+    # The tus parts' own bucket ([central] objects staging_bucket); None: they go in ``bucket``.
+    staging_bucket: str | None = None
 
     def config_file(self, name: str, *, uploads: str = "", tls: bool = False) -> Path:
         """A configuration of receiver ``name`` (development mode unless ``tls``: plain HTTP on loopback,
         the station named by a header), its store a copy of the first receiver's identity."""
         store = self.workdir / f"store-{name}"
         path = self.workdir / f"central-{name}.toml"
+        staging = "" if self.staging_bucket is None else f', staging_bucket = "{self.staging_bucket}"'
         path.write_text(
             f'[central]\nid = "central-test"\nstore_dir = "{store}"\n'
             f'index = {{type = "postgresql", url = "{self.pg.url}", password = "env:{PG_PASSWORD_ENV}"}}\n'
             f'objects = {{type = "s3", endpoint = "{self.gateway.endpoint}", bucket = "{self.bucket}", '
             f'region = "{self.gateway.region}", access_key_id = "{self.gateway.access_key_id}", '
-            f'secret_access_key = "env:{SECRET_ENV}", part_size_mb = {PART_MB}}}\n'
+            f'secret_access_key = "env:{SECRET_ENV}", part_size_mb = {PART_MB}{staging}}}\n'
             f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\n'
             f'insecure_plain_http = {str(not tls).lower()}\n'
             'names = ["localhost", "127.0.0.1"]\n'

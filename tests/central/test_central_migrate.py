@@ -5,9 +5,12 @@ not know; an interrupted run completed by running it again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +38,9 @@ from tests.central.conftest import (
     register_over_http,
     tls_session,
 )
-from tests.central.pg import PostgresDatabaseUnderTest
+from tests.central.pg import PostgresDatabaseUnderTest, SplitRoles
 from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.tsa import LocalTsa
 
 
 @dataclass
@@ -57,16 +61,29 @@ class Site:
         return load_central_config(self.source).central.store_dir
 
 
-def _write_configs(tmp_path: Path, gateway: CephGateway, pg: PostgresDatabaseUnderTest,
-                   bucket: str) -> tuple[Path, Path]:
+def _single_role_index(pg: PostgresDatabaseUnderTest) -> dict[str, str]:
+    """The target index of a single-role install: the receivers' role owns the tables."""
+    return {"type": "postgresql", "url": pg.url, "password": f"env:{PG_PASSWORD_ENV}"}
+
+
+def _inline_table(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f'{key} = "{value}"' for key, value in values.items()) + "}"
+
+
+def _write_configs(tmp_path: Path, gateway: CephGateway, index: dict[str, Any],
+                   bucket: str, tsa: LocalTsa | None = None) -> tuple[Path, Path]:
     common = (f'[central]\nid = "central-site"\nstore_dir = "{tmp_path / "store"}"\n')
     server = f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\nnames = ["localhost", "127.0.0.1"]\n'
+    if tsa is not None:  # checkpoints time-stamped: rows with an identity column (merkle_head_timestamps)
+        root = tmp_path / "tsa-root.pem"
+        root.write_bytes(tsa.root_pem())
+        server += f'[log]\ntsa_url = "{tsa.url}"\ntsa_root_cert = "{root}"\ntsa_interval_s = 0.05\n'
     source = tmp_path / "central.toml"
     source.write_text(common + server, encoding="utf-8")
     target = tmp_path / "central-agency.toml"
     target.write_text(
         common
-        + f'index = {{type = "postgresql", url = "{pg.url}", password = "env:{PG_PASSWORD_ENV}"}}\n'
+        + f"index = {_inline_table(index)}\n"
         + f'objects = {{type = "s3", endpoint = "{gateway.endpoint}", bucket = "{bucket}", '
           f'region = "default", access_key_id = "{gateway.access_key_id}", '
           f'secret_access_key = "env:{SECRET_ENV}", part_size_mb = 5}}\n'
@@ -95,9 +112,15 @@ async def _register(running: RunningCentral, bundle: Path, station: FakeStation,
 async def site(tmp_path: Path, gateway: CephGateway, pg_database: PostgresDatabaseUnderTest,
                station: FakeStation) -> Site:
     """Two items accepted by an embedded central over mutual TLS (the first tagged permanent evidence
-    afterwards), a supervisor granted on its console (a sealed trail row)."""
+    afterwards), a supervisor granted on its console (a sealed trail row); the target a single-role
+    PostgreSQL install."""
+    return await _make_site(tmp_path, gateway, station, _single_role_index(pg_database))
+
+
+async def _make_site(tmp_path: Path, gateway: CephGateway, station: FakeStation,
+                     index: dict[str, Any], tsa: LocalTsa | None = None) -> Site:
     bucket = new_bucket(gateway)
-    source, target = _write_configs(tmp_path, gateway, pg_database, bucket)
+    source, target = _write_configs(tmp_path, gateway, index, bucket, tsa)
     assert edge_main(["central", "init", "--config", str(source)]) == 0
     pub = tmp_path / "station.pub"
     pub.write_bytes(station.key.public_pem())
@@ -113,10 +136,32 @@ async def site(tmp_path: Path, gateway: CephGateway, pg_database: PostgresDataba
                                                           accepted_to)
         accepted_to = station.ledger.head()[0]
         running.parts.console.grant("auditor-1", Role.SUPERVISOR, (), by="admin", reason="migration test")
+        if tsa is not None:
+            async with asyncio.timeout(60):
+                while _stamped(load_central_config(source).layout.index_db) < 2:
+                    await asyncio.sleep(0.05)
     finally:
         await running.stop()
     return Site(source, target, bundle, bucket, [first, second], [first_sha, second_sha],
                 [first_item, second_item], accepted_to)
+
+
+def _stamped(index_db: Path) -> int:
+    """The checkpoints the running embedded central has time-stamped so far."""
+    conn = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT count(*) FROM merkle_head_timestamps").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row is not None else 0
+
+
+@pytest.fixture
+async def tsa() -> AsyncIterator[LocalTsa]:
+    authority = LocalTsa()
+    await authority.start()
+    yield authority
+    await authority.stop()
 
 
 def _migrate(site: Site) -> int:
@@ -309,6 +354,93 @@ async def test_a_table_the_migrator_does_not_know_stops_it(
     assert "pending_surprises" not in migration_tables.COPIED_TABLES
     assert _migrate(site) == 0
 
+
+
+def _runtime_sequence_privilege(split: SplitRoles, privilege: str) -> dict[str, bool]:
+    """Whether the runtime role holds ``privilege`` on each sequence of the target database."""
+    with split.database.admin() as admin:
+        rows = admin.execute(
+            "SELECT sequencename, "
+            "has_sequence_privilege(%s, format('%%I.%%I', schemaname, sequencename), %s) "
+            "FROM pg_sequences WHERE schemaname = current_schema()", (split.runtime, privilege)).fetchall()
+    return {str(name): bool(held) for name, held in rows}
+
+
+def _last_value(split: SplitRoles, sequence: str) -> int | None:
+    """The last value ``sequence`` gave or was set to (None: it gives its first value next)."""
+    with split.database.admin() as admin:
+        row = admin.execute("SELECT last_value FROM pg_sequences WHERE sequencename = %s",
+                            (sequence,)).fetchone()
+    assert row is not None, f"no sequence {sequence}"
+    return None if row[0] is None else int(str(row[0]))
+
+
+async def test_split_roles_the_runtime_copies_the_rows_and_the_owner_continues_the_sequences(
+    tmp_path: Path, gateway: CephGateway, split_roles: SplitRoles, station: FakeStation, tsa: LocalTsa,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    site = await _make_site(tmp_path, gateway, station, split_roles.index(monkeypatch), tsa)
+    capsys.readouterr()
+    assert _migrate(site) == 0
+    out, err = capsys.readouterr()
+    assert "verify on the target: OK" in out, out + err
+    stamped = int(out.split("merkle_head_timestamps: ")[1].split(" rows")[0])
+    assert stamped >= 2, out
+    assert split_roles.owner_password not in out + err and split_roles.runtime_password not in out + err
+    # Least privilege holds after the migration: the receivers' role may draw from the sequences, never
+    # set them (the owner did).
+    assert not any(_runtime_sequence_privilege(split_roles, "UPDATE").values())
+    usage = _runtime_sequence_privilege(split_roles, "USAGE")
+    assert "merkle_head_timestamps_id_seq" in usage and all(usage.values())  # control: it sees a grant
+    # The owner moved the identity's sequence past the copied ids: the next id drawn is a new one.
+    assert _last_value(split_roles, "merkle_head_timestamps_id_seq") == stamped
+    # A run that stopped between its committed copy and the owner's step: the rerun completes it.
+    with split_roles.database.admin() as admin:
+        admin.execute("SELECT setval('merkle_head_timestamps_id_seq', 1, false)")
+    assert _last_value(split_roles, "merkle_head_timestamps_id_seq") is None  # control: as if never set
+    assert _migrate(site) == 0
+    out, _ = capsys.readouterr()
+    assert "already copied by an earlier run" in out and "verify on the target: OK" in out, out
+    assert _last_value(split_roles, "merkle_head_timestamps_id_seq") == stamped
+    # The receivers go on time-stamping checkpoints on the migrated log, each under the next id.
+    running = await start_central(load_central_config(site.target))
+    try:
+        await _register(running, site.bundle, station, b"after the move " * 2000, site.accepted_to)
+        async with asyncio.timeout(60):
+            while _target_rows(split_roles.database, "merkle_head_timestamps") == stamped:
+                await asyncio.sleep(0.05)
+    finally:
+        await running.stop()
+    with split_roles.database.admin() as admin:
+        rows = admin.execute("SELECT id FROM merkle_head_timestamps ORDER BY id").fetchall()
+    ids = [row[0] for row in rows]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) > stamped, ids
+
+
+async def test_a_target_given_only_the_runtime_role_is_refused_before_anything_is_copied(
+    tmp_path: Path, gateway: CephGateway, split_roles: SplitRoles, station: FakeStation, tsa: LocalTsa,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The owner made the schema (`edge central migrate-schema`); the migration is given the receivers' URL.
+    PostgresDatabase.open(split_roles.url(split_roles.runtime), password=split_roles.runtime_password,
+                          owner_url=split_roles.url(split_roles.owner),
+                          owner_password=split_roles.owner_password).close()
+    site = await _make_site(tmp_path, gateway, station, split_roles.index(monkeypatch, with_owner=False),
+                            tsa)
+    capsys.readouterr()
+    assert _migrate(site) == 78
+    _, err = capsys.readouterr()
+    assert "central.index.owner_url" in err and split_roles.runtime in err, err
+    assert _target_rows(split_roles.database) == 0
+    assert not _bucket_store(site).exists(site.shas[0]), "refused before any object was sent"
+    # Control: the same target with the owner's URL added migrates.
+    text = site.target.read_text(encoding="utf-8")
+    index = split_roles.index(monkeypatch)
+    site.target.write_text(text.replace(_inline_table(split_roles.index(monkeypatch, with_owner=False)),
+                                        _inline_table(index)), encoding="utf-8")
+    assert "owner_url" in site.target.read_text(encoding="utf-8")
+    assert _migrate(site) == 0
+    assert _target_rows(split_roles.database) == 2
 
 
 def test_configurations_that_are_not_an_embedded_store_and_its_copy_are_refused(

@@ -16,6 +16,7 @@ from edge.central.migration.tables import (
     NOT_COPIED,
     CopyRefused,
     compare_table,
+    continue_identities,
     copy_tables,
     plan_tables,
 )
@@ -39,12 +40,14 @@ async def _filled(tmp_path: Path, station: FakeStation, n: int = 3) -> CentralPa
 
 
 def _copy(source: Path, pg: PostgresDatabaseUnderTest) -> tuple[PostgresDatabase, list[str]]:
-    """Plan, copy and compare, as the migration does; returns the target and the differences."""
+    """Plan, copy, continue the identities and compare, as the migration does (a single-role install: the
+    URL's role owns the tables); returns the target and the differences."""
     conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     target = PostgresDatabase.open(pg.url, password=pg.password)
     try:
         plans = plan_tables(conn, target.conn)
         copy_tables(conn, target.conn, plans, lambda table, rows: None)
+        continue_identities(target.conn, plans)
         differences = [f"{plan.name}: {d}" for plan in plans
                        if (d := compare_table(conn, target.conn, plan)) is not None]
     except BaseException:

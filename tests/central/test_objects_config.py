@@ -49,6 +49,7 @@ S3_KEYS = {"type": '"s3"', "endpoint": '"https://rgw.example.org"', "bucket": '"
     ("checksum_mode", '"never"', "when_required"),
     ("ca_file", '"relative.pem"', "absolute"),
     ("lock", '"governance"', "unknown key"),
+    ("staging_bucket", '"Staging_Bucket"', "pattern"),
 ])
 def test_wrong_s3_settings_are_refused_naming_the_key(key: str, value: str, words: str) -> None:
     table = ", ".join(f"{name} = {text}" for name, text in {**S3_KEYS, key: value}.items())

@@ -8,10 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import secrets
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,65 +31,13 @@ from tests.central.conftest import (
     register_over_http,
     start_http_central,
 )
-from tests.central.pg import PostgresDatabaseUnderTest, PostgresServer, fresh_database
+from tests.central.pg import (
+    OWNER_PASSWORD_ENV,
+    PostgresDatabaseUnderTest,
+    SplitRoles,
+)
 
-OWNER_PASSWORD_ENV = "EDGE_TEST_PG_OWNER_PASSWORD"
-RUNTIME_PASSWORD_ENV = "EDGE_TEST_PG_RUNTIME_PASSWORD"
 INSUFFICIENT_PRIVILEGE = "42501"
-
-
-@dataclass(frozen=True)
-class SplitRoles:
-    """A database owned by ``owner`` (a login role without superuser or CREATEROLE, as an agency DBA would
-    make it), and ``runtime``, a login role that is a member of edge_central_runtime and owns nothing."""
-
-    database: PostgresDatabaseUnderTest
-    owner: str
-    runtime: str
-    owner_password: str = field(repr=False)
-    runtime_password: str = field(repr=False)
-
-    def url(self, role: str) -> str:
-        return f"postgresql://{role}@127.0.0.1:{self.database.server.port}/{self.database.name}"
-
-    def connect(self, role: str, password: str) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(self.url(role), password=password, autocommit=True)
-
-    def index(self, monkeypatch: pytest.MonkeyPatch, *, with_owner: bool = True) -> dict[str, Any]:
-        monkeypatch.setenv(OWNER_PASSWORD_ENV, self.owner_password)
-        monkeypatch.setenv(RUNTIME_PASSWORD_ENV, self.runtime_password)
-        index: dict[str, Any] = {"type": "postgresql", "url": self.url(self.runtime),
-                                 "password": f"env:{RUNTIME_PASSWORD_ENV}"}
-        if with_owner:
-            index |= {"owner_url": self.url(self.owner), "owner_password": f"env:{OWNER_PASSWORD_ENV}"}
-        return index
-
-
-@pytest.fixture
-def split_roles(pg_server: PostgresServer) -> Iterator[SplitRoles]:
-    suffix = uuid.uuid4().hex[:10]
-    owner, runtime = f"edge_owner_{suffix}", f"edge_runtime_{suffix}"
-    owner_password, runtime_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
-        for role, password in ((owner, owner_password), (runtime, runtime_password)):
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
-                                                                             sql.Literal(password)))
-        # The DBA's steps (README): the group (the owner may not create roles), granted to the runtime login.
-        admin.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_GROUP}') "
-                      f"THEN CREATE ROLE {RUNTIME_GROUP} NOLOGIN; END IF; END $$".encode())
-        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_GROUP),
-                                                       sql.Identifier(runtime)))
-    try:
-        with fresh_database(pg_server) as database:
-            with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
-                # PostgreSQL 15: the public schema belongs to the database's owner, who may create in it.
-                admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database.name),
-                                                                              sql.Identifier(owner)))
-            yield SplitRoles(database, owner, runtime, owner_password, runtime_password)
-    finally:
-        with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}, {}").format(sql.Identifier(owner),
-                                                                       sql.Identifier(runtime)))
 
 
 def _refused(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from edge.central.postgres import PostgresDatabase
-from tests.central.test_postgres_roles import SplitRoles, split_roles  # noqa: F401 (fixture)
+from tests.central.pg import SplitRoles
 
 LEAF = ("INSERT INTO {}.merkle_leaves (idx, entry, leaf_hash) "
         "VALUES (5, 'forged', decode(repeat('00', 32), 'hex'))")
@@ -23,7 +23,7 @@ def _migrated(split: SplitRoles) -> None:
                           owner_url=split.url(split.owner), owner_password=split.owner_password).close()
 
 
-def test_control_gap_refused(split_roles: SplitRoles) -> None:  # noqa: F811
+def test_control_gap_refused(split_roles: SplitRoles) -> None:
     _migrated(split_roles)
     with split_roles.connect(split_roles.runtime, split_roles.runtime_password) as runtime:
         schema = str(runtime.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
@@ -32,7 +32,7 @@ def test_control_gap_refused(split_roles: SplitRoles) -> None:  # noqa: F811
         assert caught.value.sqlstate == "EE001"
 
 
-def test_temp_shadow_cannot_bypass_the_leaf_trigger(split_roles: SplitRoles) -> None:  # noqa: F811
+def test_temp_shadow_cannot_bypass_the_leaf_trigger(split_roles: SplitRoles) -> None:
     _migrated(split_roles)
     with split_roles.connect(split_roles.runtime, split_roles.runtime_password) as runtime:
         schema = str(runtime.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]

@@ -10,7 +10,8 @@ from edge.central.tus_staging import TusStaging
 
 
 def _objects(prefix: str) -> SimpleNamespace:
-    return SimpleNamespace(prefix=prefix, client=None, bucket="evidence")
+    return SimpleNamespace(prefix=prefix, client=None, bucket="evidence",
+                           config=SimpleNamespace(staging_bucket=None))
 
 
 def test_control_root_prefix_refused() -> None:

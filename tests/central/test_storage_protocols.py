@@ -26,9 +26,16 @@ from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, Retention
 from edge.central.registration import Caller, Registrar
 from edge.central.service import start_central
-from edge.central.sql.lock_extensions import PendingLock
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index, LogStore, UnitOfWork
+from edge.central.storage import (
+    CentralDatabase,
+    ConsoleStore,
+    EquipmentRows,
+    Index,
+    LogStore,
+    PendingLock,
+    UnitOfWork,
+)
 from edge.central.tus_store import TusUploadStore
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, LedgerEntry
@@ -328,6 +335,9 @@ class WrappedDatabase:
 
     async def run_writes(self, work: Callable[[], _T]) -> _T:
         return await self._inner.run_writes(work)
+
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        return await self._inner.run_reads(work)
 
     @property
     def index(self) -> Index:

@@ -1,5 +1,5 @@
 """Several receivers on one PostgreSQL database and one Ceph bucket: a tus upload continues on whichever
-receiver its next request reaches (edge/central/tus_shared_store.py).
+receiver its next request reaches (edge/central/postgres/tus_shared_store.py).
 
 Real PostgreSQL and a real Ceph RGW (tests/central/pg.py, tests/central/ceph.py), real HTTP; receivers in
 this process or as `edge central run` processes (one of them SIGKILLed mid-PATCH); the station's own tus
@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.service import RunningCentral, start_central
-from edge.central.tus_shared_store import SharedTusStore
 from edge.central.tus_staging import STAGING_PREFIX
 from edge.custody.receipt import verify_receipt
 from edge.uplink.policy import RateLimiter

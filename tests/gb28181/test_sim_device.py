@@ -430,8 +430,9 @@ async def test_split_recordinfo_sends_one_item_per_message_out_of_order(
 def test_fault_options_are_validated() -> None:
     assert parse_faults(["loss=0.25", "no-121"]) == {Fault.LOSS: 0.25, Fault.NO_121: 1.0}
     assert parse_faults(["stall=2.5"]) == {Fault.STALL: 2.5}
+    assert parse_faults(["audio-drop=2"]) == {Fault.AUDIO_DROP: 2.0}
     for bad in (["loss"], ["loss=2"], ["no-121=1"], ["unheard-of"], ["reorder=x"], ["stall"], ["stall=0"],
-                ["stall=x"], ["stall=-1"]):
+                ["stall=x"], ["stall=-1"], ["audio-drop"], ["audio-drop=0"]):
         with pytest.raises(SettingsError):
             parse_faults(bad)
     with pytest.raises(SettingsError):

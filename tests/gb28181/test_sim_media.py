@@ -6,6 +6,7 @@ MediaStatus 121 ends a download in its dialog; each media fault shows on the wir
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from drivers.gb28181 import manscdp
 from drivers.gb28181.framing import StreamDeframer
-from drivers.gb28181.ps import EsFrame, PsDemuxer, is_video
+from drivers.gb28181.ps import Codec, EsFrame, PsDemuxer, is_video
 from drivers.gb28181.rtp import Delivered, Duplicate, Gap, ReorderBuffer, RtpPacket, parse_rtp
 from drivers.gb28181.sdp import (
     MediaTransport,
@@ -458,6 +459,52 @@ async def test_live_play_streams_until_bye(platform: MediaPlatform, tmp_path: Pa
     assert got.video_frames > 10 and max(p.timestamp for p in got.rtp) > 0.4 * 90000
     await stop_device(device, task)
     await receiver.close()
+
+
+async def _live_audio_pts(platform: MediaPlatform, tmp_path: Path, faults: list[str]) -> list[int]:
+    """The audio PTS (90 kHz) of about 2.5 s of a live Play looping a 1.2 s clip with sound."""
+    make_clip(tmp_path / "media", seconds=1.2, rate=10, audio=True)
+    device, task = await start(platform, tmp_path / "media", faults)
+    receiver = Receiver("udp")
+    await receiver.open()
+    call = await platform.invite(receiver, kind=SessionKind.PLAY, ssrc=100000001)
+    while reassemble(list(receiver.packets)).video_frames < 25:
+        await asyncio.sleep(0.05)
+    await platform.bye(call)
+    await stop_device(device, task)
+    await receiver.close()
+    demuxer = PsDemuxer()
+    events = demuxer.feed(reassemble(receiver.packets).ps) + demuxer.flush()
+    sound = [e for e in events if isinstance(e, EsFrame) and not is_video(e.stream_id)]
+    assert sound and all(f.codec is Codec.G711A and f.pts is not None for f in sound)
+    assert demuxer.stream_map is not None
+    assert [s.stream_type for s in demuxer.stream_map.streams] == [0x1B, 0x90]
+    return [f.pts for f in sound if f.pts is not None]
+
+
+async def test_live_play_sends_the_file_s_sound_as_g711a_without_holes_or_overlaps_across_loops(
+    platform: MediaPlatform, tmp_path: Path
+) -> None:
+    pts = await _live_audio_pts(platform, tmp_path, [])
+    steps = [b - a for a, b in itertools.pairwise(pts)]
+    assert pts[-1] > 1.5 * 90000  # it looped (the clip is 1.2 s)
+    # 20 ms packets, never overlapping; where the clip begins again its sound follows its picture (the
+    # clip's AAC, cut by -shortest, ends up to an AAC frame of 128 ms before its picture).
+    assert all(step > 0 for step in steps)
+    loops = [step for step in steps if step != 1800]
+    assert 1 <= len(loops) <= 2 and all(step <= 0.2 * 90000 for step in loops), loops
+
+
+async def test_audio_drop_leaves_out_that_many_seconds_of_sound_once(
+    platform: MediaPlatform, tmp_path: Path
+) -> None:
+    pts = await _live_audio_pts(platform, tmp_path, ["audio-drop=0.5"])
+    steps = [b - a for a, b in itertools.pairwise(pts)]
+    holes = [step for step in steps if step > 0.2 * 90000]
+    assert len(holes) == 1 and 0.5 * 90000 <= holes[0] <= 0.5 * 90000 + 1800 * 2, holes
+    # From halfway through the clip's first round (0.6 s of its 1.2 s).
+    hole_at = pts[steps.index(holes[0])]
+    assert 0.4 * 90000 <= hole_at <= 0.7 * 90000
 
 
 async def test_unknown_time_range_channel_and_bad_sdp_are_refused(

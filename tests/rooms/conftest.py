@@ -37,7 +37,9 @@ def rooms_config(*sources: dict[str, Any], **settings: Any) -> RoomsSection:
         "restart_backoff_initial_s": 0.2, "restart_backoff_max_s": 0.5, "start_min_free_bytes": 0,
         # A source's start on a loaded test machine (ffmpeg's own start, a probe, a GB INVITE) may take
         # seconds: the tests of the late-start gap set their own threshold (test_review21_late_start).
-        "late_start_gap_s": 10.0, **settings,
+        "late_start_gap_s": 10.0,
+        # The tests' disks are small (a 64 MiB tmpfs): the least margin the sources' default ceiling allows.
+        "record_margin_bytes": 5 << 20, **settings,
         "room": [{"id": "xw-1", "name": "第一询问室", "address": "文三路 100 号",
                   "source": list(sources) or [lavfi_source("a")]}],
     })

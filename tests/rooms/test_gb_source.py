@@ -1,10 +1,11 @@
 """A GB/T 28181 channel as a room source (edge.rooms.gb_source) over real sockets: the real platform and
 live streams (edge.gb28181.live), the real device simulator (simulators.gb28181) streaming H.264 with
-G.711A audio as PS over RTP, real ffmpeg reading the channel's socket beside a lavfi source, the real
-pipeline and store. The room records both; the device stalling is one room gap with its reason and times
-(the live layer's own gap entry is not a second room gap), and the other source goes on untouched; the
-device's stream dying is one room gap per interruption, closed by the first segment after it; a channel
-nobody can open is a gap with the reason while the other source records."""
+G.711A audio as PS over RTP, real ffmpeg reading the channel's feed (edge.rooms.gb_feed: video and sound)
+beside a lavfi source, the real pipeline and store. The room records both; the device stalling is one
+room gap with its reason and times (the live layer's own gap entry is not a second room gap), and the
+other source goes on untouched; the device's stream dying is one room gap per interruption, closed by the
+first segment after it; a channel nobody can open is a gap with the reason while the other source
+records."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from drivers.gb28181.ps import Codec
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomsSection
 from edge.demo import GB_PLATFORM_ID, demo_config
@@ -25,8 +27,9 @@ from edge.gb28181.registry import wall_text
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.rooms.argv import Coding, SegmentPlan, segment_argv
-from edge.rooms.gb_source import gb_input, ns_from_wall_text
+from edge.rooms.argv import SegmentPlan, gb_plan, segment_argv
+from edge.rooms.gb_feed import audio_input, video_input
+from edge.rooms.gb_source import ns_from_wall_text
 from edge.rooms.recording import SessionRecording
 from edge.rooms.session import RoomSession, new_session
 from edge.rooms.state import SessionFiles
@@ -107,22 +110,34 @@ def test_a_station_with_a_gb28181_room_source_needs_its_platform_and_the_device(
     assert f"device {GB_IPC_ID} is not in [gb28181.devices]" in str(caught.value)
 
 
-def test_the_gb28181_run_reads_the_socket_and_copies_its_first_video_stream_only(tmp_path: Path) -> None:
-    plan = SegmentPlan(2.0, "fragmented", Coding.COPY, Coding.COPY, {"gb28181_device": DEVICE},
-                       video_only=True)
-    socket_path = tmp_path / f"{DEVICE}-{CHANNEL}.sock"
-    argv = segment_argv("ffmpeg", [gb_input(socket_path)], plan, tmp_path)
-    at = argv.index("-i")
-    assert argv[at - 8:at + 2] == ["-f", "mpeg", "-probesize", "2000000", "-analyzeduration", "2000000",
-                                   "-fflags", "+discardcorrupt", "-i", f"unix:{socket_path}"]
-    after = argv[at + 2:]
-    assert after[:6] == ["-map", "0:v:0", "-c:v", "copy", "-an", "-metadata"]
-    assert "0:a?" not in argv and "-c:a" not in argv  # G.711 in PS never reaches the MP4 muxer
-    # Control: an ordinary source maps every stream of each input, audio included.
-    ordinary = segment_argv("ffmpeg", [gb_input(socket_path)], SegmentPlan(2.0), tmp_path)
+def test_the_gb28181_run_copies_the_program_stream_s_video_and_encodes_the_raw_g711_beside_it(
+    tmp_path: Path,
+) -> None:
+    metadata = {"gb28181_device": DEVICE}
+    plan = gb_plan(2.0, "fragmented", metadata, audio=True)
+    argv = segment_argv("ffmpeg", [video_input(7), audio_input(8, Codec.G711A)], plan, tmp_path)
+    first, second = argv.index("-i"), argv.index("-i", argv.index("-i") + 1)
+    assert argv[first - 8:first + 2] == ["-f", "mpeg", "-probesize", "2000000", "-analyzeduration", "2000000",
+                                         "-fflags", "+discardcorrupt", "-i", "pipe:7"]
+    assert argv[second - 6:second + 2] == ["-f", "alaw", "-ar", "8000", "-ac", "1", "-i", "pipe:8"]
+    assert argv[second + 2:second + 12] == ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac",
+                                            "-b:a", "32k"]
+    assert "0:a?" not in argv and "-an" not in argv  # the program stream's own audio stream is never mapped
+    mulaw = segment_argv("ffmpeg", [video_input(7), audio_input(8, Codec.G711U)], plan, tmp_path)
+    assert mulaw[mulaw.index("pipe:8") - 7:mulaw.index("pipe:8") - 5] == ["-f", "mulaw"]
+    # Control: a camera without sound maps the video only, and says no audio.
+    mute = segment_argv("ffmpeg", [video_input(7)], gb_plan(2.0, "fragmented", metadata, audio=False),
+                        tmp_path)
+    at = mute.index("-i")
+    assert mute[at + 2:at + 6] == ["-map", "0:v:0", "-c:v", "copy"] and "-an" in mute and "-c:a" not in mute
+    # An ordinary source maps every stream of each input, audio included.
+    ordinary = segment_argv("ffmpeg", [video_input(7)], SegmentPlan(2.0), tmp_path)
     first_map = ordinary.index("-map")
     assert ordinary[first_map:first_map + 4] == ["-map", "0:v?", "-map", "0:a?"]
-    assert "-an" not in ordinary
+    for bad in ({"maps": ("0:v:0", "1:a:0; rm")}, {"audio_bitrate": "32k -y"},
+                {"maps": ("0:v:0",), "video_only": True}):
+        with pytest.raises(ValueError):
+            SegmentPlan(2.0, **bad)
 
 
 def test_live_event_times_are_read_and_hostile_ones_refused() -> None:
@@ -176,14 +191,16 @@ async def test_a_room_records_a_gb_channel_beside_a_test_source_and_a_stall_is_o
         assert one.data["start_utc"] < one.data["end_utc"] <= two.data["start_utc"]
         end, start = ns_from_wall_text(one.data["end_utc"]), ns_from_wall_text(two.data["start_utc"])
         assert end is not None and start is not None and start - end < 500_000_000
-    # Video only (the camera's G.711A is not muxed), H.264 stream-copied, the camera named in the file.
+    # H.264 stream-copied, the camera's G.711A as AAC beside it (the stall is no gap in the sound: its
+    # timestamps run on), the camera named in the file.
     item = IngestRepository(store).item(str(gb[1].item))
     assert item is not None and item.path is not None
     probed = ffprobe_json(store.layout.root / item.path)
-    assert [s["codec_type"] for s in probed["streams"]] == ["video"]
+    assert [s["codec_type"] for s in probed["streams"]] == ["video", "audio"]
     assert probed["format"]["tags"]["gb28181_device"] == DEVICE
     assert probed["format"]["tags"]["gb28181_channel"] == CHANNEL
-    assert recording.sources["gb"].coding == ("copy", "none")
+    assert probed["format"]["tags"]["gb28181_audio"] == "g711a"
+    assert recording.sources["gb"].coding == ("copy", "encode")
     # The other source was untouched: no gap, one run, consecutive segments.
     b = watch.of("segment_sealed", source="b")
     assert watch.of("gap", source="b") == [] and len({e.data["run"] for e in b}) == 1 and len(b) >= 4

@@ -21,7 +21,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.rooms import products
-from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, stream_layout
+from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, joined_streams_problem, stream_layout
 from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
 from edge.verify.station import verify_store
@@ -218,6 +218,16 @@ def test_stream_layouts_are_read_from_ffprobe_and_hostile_answers_refused() -> N
     for hostile in hostiles:
         with pytest.raises(ValueError):
             stream_layout(hostile)
+
+
+def test_a_joined_file_must_keep_every_kind_of_stream_its_segments_hold() -> None:
+    video = ("video", "h264", "320", "240", "", "")
+    sound = ("audio", "aac", "", "", "8000", "1")
+    assert joined_streams_problem((video, sound), (video, sound)) is None  # control: kept
+    assert joined_streams_problem((video,), (video,)) is None  # a camera without sound: video only
+    lost = joined_streams_problem((video, sound), (video,))
+    assert lost is not None and "a stream was lost in the join" in lost and "audio aac 8000 1" in lost
+    assert joined_streams_problem((video,), (video, sound)) is not None
 
 
 @pytest.mark.usefixtures("ffmpeg")

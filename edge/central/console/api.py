@@ -46,7 +46,14 @@ from edge.central.app import CentralParts, json_response, read_json_body
 from edge.central.console.fleet import add_console_fleet_route
 from edge.central.console.item_view import custody_timeline, receipt_check
 from edge.central.console.media import VerifiedContent, content_range
-from edge.central.console.scope import SESSION_KEY, log_read, reader_scope, require_item, valid_item_id
+from edge.central.console.scope import (
+    SESSION_KEY,
+    ReaderScope,
+    logged_read,
+    reader_scope,
+    required_item,
+    valid_item_id,
+)
 from edge.central.console.sessions import CSRF_HEADER, ConsoleSession
 from edge.central.console.signin import require_same_origin
 from edge.central.index import CentralIndexError, ItemRecord, Role, validate_reader_name
@@ -106,19 +113,22 @@ class ConsoleApi:
 
     async def search(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
-        log_read(request, scope, "search", query=request.query_string[:1000] or None)
+        await logged_read(request, scope, "search", query=request.query_string[:1000] or None)
         query = parse_item_query(request.query)
-        page, cursor = self.parts.index.query_items(query, scope)
+        page, cursor = await self.parts.read(self.parts.index.query_items, query, scope)
         return _no_store(json_response({"items": page, "next": encode_cursor(cursor) if cursor else None}))
 
     async def item(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
-        record = require_item(request, scope, request.match_info["item"], "item")
+        record = await required_item(request, scope, request.match_info["item"], "item")
         parts = self.parts
         kind, mime = media_type(record)
-        return _no_store(
-            json_response(
-                {
+        return _no_store(json_response(await parts.read(self._item_document, record, scope, kind, mime)))
+
+    def _item_document(self, record: ItemRecord, scope: ReaderScope, kind: str, mime: str) -> dict[str, Any]:
+        """What the console shows of an item (reads the index and the console's store: a reader thread)."""
+        parts = self.parts
+        return {
                     "item": record.item,
                     "sha256": record.sha256,
                     "size": record.size,
@@ -137,8 +147,6 @@ class ConsoleApi:
                     "media": {"kind": kind, "type": mime},
                     "may_mark": scope.role is Role.SUPERVISOR,
                 }
-            )
-        )
 
     async def media(self, request: web.Request) -> web.StreamResponse:
         scope = await reader_scope(request)
@@ -153,20 +161,24 @@ class ConsoleApi:
         key = f"{item_id}/{playback}"
         access_id = session.playbacks.get(key)
         if access_id is None:
-            access_id = log_read(request, scope, "media", item=item_id[:64], query=f"playback={playback}")
+            access_id = await logged_read(request, scope, "media", item=item_id[:64],
+                                          query=f"playback={playback}")
             if len(session.playbacks) >= 1000:
                 session.playbacks.pop(next(iter(session.playbacks)))
             session.playbacks[key] = access_id
         # Checked on every range: a marking made mid-playback stops it at the next request.
-        if not valid_item_id(item_id) or not self.parts.index.item_visible(item_id, scope):
+        index = self.parts.index
+        visible = valid_item_id(item_id) and await self.parts.read(index.item_visible, item_id, scope)
+        if not visible:
             raise Rejection(RejectCode.NOT_FOUND, f"no accepted item {item_id[:64]}")
-        record = self.parts.index.item(item_id)
+        record = await self.parts.read(self.parts.index.item, item_id)
         assert record is not None
         content = await self._content.verified(record)
         wanted = content_range(request, record.size)
         if wanted.satisfiable and wanted.count > 0:
             try:
-                self.parts.console.log_media_range(access_id, wanted.first, wanted.stop - 1)
+                await self.parts.write(self.parts.console.log_media_range, access_id, wanted.first,
+                                       wanted.stop - 1)
             except self.parts.index.unit.errors as exc:
                 log.error("media range of %s cannot be logged (%s); refused", record.item, exc)
                 raise Rejection(
@@ -198,10 +210,9 @@ class ConsoleApi:
             readers = [validate_reader_name(name) for name in names]
         except CentralIndexError as exc:
             raise Rejection(RejectCode.BAD_REQUEST, f"readers: {exc}") from None
-        record = require_item(request, scope, request.match_info["item"], "mark-sensitive")
-        self.parts.console.mark_sensitive(
-            record.item, readers, by=scope.reader, reason=reason, remote=request.remote
-        )
+        record = await required_item(request, scope, request.match_info["item"], "mark-sensitive")
+        await self.parts.write(self.parts.console.mark_sensitive, record.item, readers, by=scope.reader,
+                               reason=reason, remote=request.remote)
         log.warning(
             "reader %s marked item %s sensitive (readers %s): %s",
             scope.reader,
@@ -209,7 +220,8 @@ class ConsoleApi:
             " ".join(readers),
             printable(reason[:200]),
         )
-        return json_response({"item": record.item, "sensitive": self.parts.console.sensitivity(record.item)})
+        sensitive = await self.parts.read(self.parts.console.sensitivity, record.item)
+        return json_response({"item": record.item, "sensitive": sensitive})
 
     async def unmark_sensitive(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
@@ -217,11 +229,10 @@ class ConsoleApi:
         if scope.role is not Role.SUPERVISOR:
             raise Rejection(RejectCode.FORBIDDEN, "only a supervisor unmarks sensitive items")
         reason = _reason(await read_json_body(request, stall_timeout_s=10.0))
-        record = require_item(request, scope, request.match_info["item"], "unmark-sensitive")
+        record = await required_item(request, scope, request.match_info["item"], "unmark-sensitive")
         try:
-            self.parts.console.unmark_sensitive(
-                record.item, by=scope.reader, reason=reason, remote=request.remote
-            )
+            await self.parts.write(self.parts.console.unmark_sensitive, record.item, by=scope.reader,
+                                   reason=reason, remote=request.remote)
         except CentralIndexError as exc:
             raise Rejection(RejectCode.BAD_REQUEST, str(exc)) from None
         log.warning(
@@ -231,14 +242,14 @@ class ConsoleApi:
 
     async def access_log(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
-        log_read(request, scope, "access-log", query=request.query_string[:1000] or None)
+        await logged_read(request, scope, "access-log", query=request.query_string[:1000] or None)
         filters = _log_filters(request.query)
         if scope.role is not Role.SUPERVISOR:
             if filters.get("reader") not in (None, scope.reader):
                 raise Rejection(RejectCode.FORBIDDEN, "a reader sees its own reads only")
             filters["reader"] = scope.reader
         limit = filters.pop("limit", 100)
-        rows = self.parts.index.access_log(scope=scope, limit=limit, **filters)
+        rows = await self.parts.read(self.parts.index.access_log, scope=scope, limit=limit, **filters)
         return _no_store(
             json_response({"rows": rows, "before": rows[-1]["id"] if len(rows) == limit else None})
         )

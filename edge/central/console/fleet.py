@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.central.app import CENTRAL, json_response
-from edge.central.console.scope import log_read, reader_scope
+from edge.central.console.scope import logged_read, reader_scope
 from edge.central.equipment import EQUIPMENT_STORE, fleet_view, visible_stations
 from edge.central.registration import RejectCode, Rejection
 
@@ -84,11 +84,16 @@ def console_fleet(view: dict[str, Any], visible: set[str] | None, station: str |
 
 async def _fleet(request: web.Request) -> web.Response:
     scope = await reader_scope(request)
-    log_read(request, scope, "fleet", query=request.query_string[:1000] or "fleet")
+    await logged_read(request, scope, "fleet", query=request.query_string[:1000] or "fleet")
     station, state = _filters(request.query)
     store = request.app[EQUIPMENT_STORE]
-    visible = visible_stations(request.app[CENTRAL], store, scope)
-    response = json_response(console_fleet(fleet_view(store, visible), visible, station, state))
+    parts = request.app[CENTRAL]
+
+    def view() -> dict[str, Any]:
+        visible = visible_stations(parts, store, scope)
+        return console_fleet(fleet_view(store, visible), visible, station, state)
+
+    response = json_response(await parts.read(view))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -10,8 +10,9 @@ then exactly the range the access log recorded, from whichever object store hold
   so a player that stops reading stops the reads from the bucket too.
 
 Either way the response carries what a file server's would (206 with ``Content-Range``, 200 for the
-whole content, 416 with ``Content-Range: bytes */SIZE`` for a range beyond the end, ``Accept-Ranges``),
-and never what a conditional header would turn it into: the access log says what went out.
+whole content, 416 with ``Content-Range: bytes */SIZE`` for a range it cannot serve, ``Accept-Ranges``),
+as one reading of the ``Range`` header decides for both (:mod:`edge.central.console.byte_ranges`), and
+never what a conditional header would turn it into: the access log says what went out.
 """
 
 from __future__ import annotations
@@ -25,52 +26,25 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from aiohttp import web
 
+from edge.central.console.byte_ranges import ContentRange, content_range_of
 from edge.central.index import ItemRecord
 from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError, ObjectStoreUnavailable
 from edge.central.registration import RejectCode, Rejection
+from edge.runtime.logs import event_fields
 
 if TYPE_CHECKING:
     from edge.central.s3_objects import S3ObjectStore
 
-__all__ = ["ContentRange", "VerifiedContent", "VerifiedObject", "content_range"]
+__all__ = ["VerifiedContent", "VerifiedObject", "content_range"]
 
 log = logging.getLogger(__name__)
 
 _SEND_CHUNK_BYTES = 1 << 20  # one ranged GET from the bucket, one write to the player
 
 
-@dataclass(frozen=True)
-class ContentRange:
-    """What a request asks of content of ``size`` bytes: bytes ``first`` to ``stop - 1``; ``partial`` for a
-    Range request (206), ``satisfiable`` False when it starts beyond the end (416, nothing served)."""
-
-    first: int
-    stop: int
-    size: int
-    partial: bool
-
-    @property
-    def satisfiable(self) -> bool:
-        return not self.partial or self.first < self.size
-
-    @property
-    def count(self) -> int:
-        return max(0, self.stop - self.first)
-
-
 def content_range(request: web.Request, size: int) -> ContentRange:
-    """The one ``bytes`` range of the request's ``Range`` header (the whole content without one), as
-    aiohttp's file server reads it; 400 for anything else."""
-    try:
-        wanted = request.http_range
-    except ValueError:
-        raise Rejection(RejectCode.BAD_REQUEST, "the Range header is not one bytes range") from None
-    if wanted.start is None:
-        return ContentRange(0, size, size, partial=False)
-    if wanted.start < 0:  # bytes=-N: the last N bytes
-        return ContentRange(max(0, size + wanted.start), size, size, partial=True)
-    stop = size if wanted.stop is None else min(wanted.stop, size)
-    return ContentRange(wanted.start, max(stop, wanted.start), size, partial=True)
+    """What the request gets of content of ``size`` bytes (:mod:`edge.central.console.byte_ranges`)."""
+    return content_range_of(request.headers.getall("Range", []), size)
 
 
 @dataclass(frozen=True)
@@ -93,11 +67,13 @@ class VerifiedObject:
     async def respond(
         self, request: web.Request, wanted: ContentRange, headers: dict[str, str]
     ) -> web.StreamResponse:
-        """Serve ``wanted`` (already on the access log)."""
+        """Serve ``wanted`` (already on the access log), or refuse it (416) for either store alike."""
         from edge.central.s3_objects import S3ObjectStore
 
+        if not wanted.satisfiable:
+            return await _refuse_range(request, self.record, wanted, headers)
         if self.path is not None:
-            return await _respond_from_file(request, self.path, headers)
+            return await _respond_from_file(request, self.path, wanted, headers)
         assert isinstance(self.objects, S3ObjectStore) and self.version is not None
         return await _respond_from_bucket(request, self.objects, self.record, self.version, wanted, headers)
 
@@ -158,16 +134,35 @@ class VerifiedContent:
         return version
 
 
-async def _respond_from_file(request: web.Request, path: Path, headers: dict[str, str]) -> web.StreamResponse:
+async def _refuse_range(request: web.Request, record: ItemRecord, wanted: ContentRange,
+                       headers: dict[str, str]) -> web.StreamResponse:
+    log.info("item %s: media range refused (416): %s", record.item, wanted.refused,
+             extra=event_fields(event="console_media_range_refused", item=record.item))
+    refusal = f"range not satisfiable: {wanted.refused} (the content is {wanted.size} bytes)\n".encode()
+    response = web.StreamResponse(status=416, headers={
+        **headers, "Content-Type": "text/plain; charset=utf-8", "Accept-Ranges": "bytes"})
+    response.headers["Content-Range"] = f"bytes */{wanted.size}"
+    response.content_length = len(refusal)
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await response.write(refusal)
+    return response
+
+
+async def _respond_from_file(request: web.Request, path: Path, wanted: ContentRange,
+                             headers: dict[str, str]) -> web.StreamResponse:
     response = web.FileResponse(path, headers=headers)
-    # FileResponse decides what it sends from the request's conditional headers too: a stale If-Range
-    # turns "bytes=0-0" into the whole file (200), If-None-Match into nothing (304). The access log must
-    # say what went out, so the response is prepared for the request without them: exactly the range
-    # logged is sent (or 416 when it is unsatisfiable, which logs nothing).
-    unconditional = request.headers.copy()
-    for name in _CONDITIONAL_HEADERS:
-        unconditional.popall(name, None)
-    await response.prepare(request.clone(headers=unconditional))
+    # FileResponse decides what it sends from the request's own headers: its Range parser (aiohttp's
+    # http_range) reads some ranges otherwise than ours, and a stale If-Range turns "bytes=0-0" into the
+    # whole file (200), If-None-Match into nothing (304). The access log must say what went out, so the
+    # response is prepared for the request as we read it: no conditional header, and either exactly the
+    # range logged, in the one form every parser reads alike, or no Range (the whole content).
+    as_read = request.headers.copy()
+    for name in (*_CONDITIONAL_HEADERS, "Range"):
+        as_read.popall(name, None)
+    if wanted.partial:
+        as_read["Range"] = f"bytes={wanted.first}-{wanted.stop - 1}"
+    await response.prepare(request.clone(headers=as_read))
     return response
 
 
@@ -179,15 +174,9 @@ async def _respond_from_bucket(
     headers: dict[str, str],
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, "Accept-Ranges": "bytes"})
-    if not wanted.satisfiable:
-        response.set_status(416)
-        response.headers["Content-Range"] = f"bytes */{wanted.size}"
-        response.content_length = 0
-        await response.prepare(request)
-        return response
-    if wanted.partial:
+    if wanted.content_range is not None:
         response.set_status(206)
-        response.headers["Content-Range"] = f"bytes {wanted.first}-{wanted.stop - 1}/{wanted.size}"
+        response.headers["Content-Range"] = wanted.content_range
     response.content_length = wanted.count
     await response.prepare(request)
     if wanted.count == 0 or request.method == "HEAD":

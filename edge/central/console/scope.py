@@ -18,6 +18,9 @@ not exist *or* that the scope may not see (the same answer, so existence does no
 searches and statistics filter in the database: :meth:`edge.central.storage.Index.query_items` takes the
 scope, and a backend's own queries add :func:`edge.central.sqlite.console.scope_clause` to their WHERE.
 ``log_read`` appends an access-log row for any other read (a search, a package, a statistic).
+
+Each touches the index or the console's store, so a coroutine awaits :func:`logged_read` and
+:func:`required_item` (on the database's writer) rather than calling them on the event loop.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ __all__ = [
     "ReaderScope",
     "Role",
     "log_read",
+    "logged_read",
     "reader_scope",
     "require_item",
+    "required_item",
     "scope_of",
     "session_of",
 ]
@@ -91,15 +96,28 @@ def scope_of(parts: CentralParts, reader: str) -> ReaderScope:
 async def reader_scope(request: web.Request) -> ReaderScope:
     """The signed-in reader's scope (console session, else reader certificate); raises 401/403."""
     parts = request.app[CENTRAL]
-    session = session_of(request)
+    # Off the event loop: a session's row is read (and its last use written), the grant read.
+    session = await parts.write(session_of, request)
     if session is not None:
         request[SESSION_KEY] = session
-        return scope_of(parts, session.reader)
+        return await parts.read(scope_of, parts, session.reader)
     if request.path.startswith("/console/"):
         # The console's own API is for signed-in sessions: a certificate signs in first (and gets a CSRF
         # token), so that a browser holding a certificate cannot be driven by another site.
         raise Rejection(RejectCode.UNAUTHENTICATED, "sign in to the console first")
-    return scope_of(parts, parts.auth.reader(request))
+    reader = await parts.read(parts.auth.reader, request)
+    return await parts.read(scope_of, parts, reader)
+
+
+async def logged_read(request: web.Request, scope: ReaderScope, what: str, *, item: str | None = None,
+                      query: str | None = None) -> int:
+    """:func:`log_read` on the database's writer, off the event loop."""
+    return await request.app[CENTRAL].write(log_read, request, scope, what, item=item, query=query)
+
+
+async def required_item(request: web.Request, scope: ReaderScope, item_id: str, what: str) -> ItemRecord:
+    """:func:`require_item` on the database's writer, off the event loop."""
+    return await request.app[CENTRAL].write(require_item, request, scope, item_id, what)
 
 
 def log_read(request: web.Request, scope: ReaderScope, what: str, *, item: str | None = None,

@@ -83,8 +83,8 @@ def _session_answer(request: web.Request, session: ConsoleSession) -> dict[str, 
     }
 
 
-def _signed_in(request: web.Request, token: str, session: ConsoleSession) -> web.Response:
-    response = json_response(_session_answer(request, session))
+async def _signed_in(request: web.Request, token: str, session: ConsoleSession) -> web.Response:
+    response = json_response(await request.app[CENTRAL].read(_session_answer, request, session))
     store = request.app[CONSOLE].sessions
     response.set_cookie(
         COOKIE_NAME,
@@ -131,7 +131,7 @@ async def sign_in(request: web.Request) -> web.Response:
     password = _text_field(doc, "password", MAX_PASSWORD_CHARS)
     code = _text_field(doc, "totp", 16, required=False)
     try:
-        account = parts.console.account(validate_reader_name(name))
+        account = await parts.read(parts.console.account, validate_reader_name(name))
     except CentralIndexError:
         account = None
     settings = state.settings
@@ -162,7 +162,8 @@ async def sign_in(request: web.Request) -> web.Response:
                                             request.remote)
         if refusal is not None:
             # Recorded beside the failed sign-in: a secret put back from a backup is tampering to look at.
-            parts.console.record_totp_refused(account.name, remote=request.remote, detail=refusal)
+            await parts.write(parts.console.record_totp_refused, account.name, remote=request.remote,
+                              detail=refusal)
         if secret is None:
             # Not the caller's fault: recorded, but it does not count towards a lockout.
             password_right = False
@@ -174,7 +175,8 @@ async def sign_in(request: web.Request) -> web.Response:
         # The record, outside index.db, says the account has TOTP: its secret was dropped (index.db put
         # back from before the enrolment, or emptied), never removed. Recorded like a refused secret.
         log.error("console sign-in of %s refused from %s: %s", account.name, request.remote, stripped)
-        parts.console.record_totp_refused(account.name, remote=request.remote, detail=stripped)
+        await parts.write(parts.console.record_totp_refused, account.name, remote=request.remote,
+                          detail=stripped)
         password_right = False
         good = False
     elif good and not settings.allow_password_only:
@@ -182,7 +184,8 @@ async def sign_in(request: web.Request) -> web.Response:
                     "sign-in is off", account.name, request.remote)
         good = False
     now = state.utc_now()
-    accepted = parts.console.record_sign_in(
+    accepted = await parts.write(
+        parts.console.record_sign_in,
         account.name,
         ok=good and account.active,
         remote=request.remote,
@@ -196,12 +199,12 @@ async def sign_in(request: web.Request) -> web.Response:
         log.warning("console sign-in of %s refused from %s", account.name, request.remote)
         raise Rejection(RejectCode.UNAUTHENTICATED, _REFUSED)
     if rehash is not None:
-        parts.console.set_password(account.name, rehash, by="argon2-rehash")
-    scope_of(parts, account.name)  # 403 without a role: there is nothing to sign in to
+        await parts.write(parts.console.set_password, account.name, rehash, by="argon2-rehash")
+    await parts.read(scope_of, parts, account.name)  # 403 without a role: there is nothing to sign in to
     method = AuthMethod.PASSWORD_TOTP if step is not None else AuthMethod.PASSWORD
-    token, session = state.sessions.create(account.name, method)
+    token, session = await parts.write(state.sessions.create, account.name, method)
     log.info("console: %s signed in (%s) from %s", account.name, method, request.remote)
-    return _signed_in(request, token, session)
+    return await _signed_in(request, token, session)
 
 
 async def sign_in_certificate(request: web.Request) -> web.Response:
@@ -212,28 +215,29 @@ async def sign_in_certificate(request: web.Request) -> web.Response:
         raise Rejection(
             RejectCode.UNAUTHENTICATED, "development mode has no certificates; sign in with an account"
         )
-    name = parts.auth.reader(request)
+    name = await parts.read(parts.auth.reader, request)
     cert = peer_certificate(request)
     assert cert is not None  # auth.reader refused otherwise
-    scope_of(parts, name)
-    token, session = request.app[CONSOLE].sessions.create(
-        name, AuthMethod.CERTIFICATE, cert_sha256=cert.sha256
-    )
+    await parts.read(scope_of, parts, name)
+    token, session = await parts.write(request.app[CONSOLE].sessions.create, name, AuthMethod.CERTIFICATE,
+                                       cert_sha256=cert.sha256)
     log.info("console: %s signed in with its certificate from %s", name, request.remote)
-    return _signed_in(request, token, session)
+    return await _signed_in(request, token, session)
 
 
 async def current_session(request: web.Request) -> web.Response:
-    session = session_of(request)
+    parts = request.app[CENTRAL]
+    session = await parts.write(session_of, request)
     if session is None:
         raise Rejection(RejectCode.UNAUTHENTICATED, "not signed in")
-    response = json_response(_session_answer(request, session))
+    response = json_response(await parts.read(_session_answer, request, session))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 async def sign_out(request: web.Request) -> web.Response:
-    session = session_of(request)
+    parts = request.app[CENTRAL]
+    session = await parts.write(session_of, request)
     if session is None:
         raise Rejection(RejectCode.UNAUTHENTICATED, "not signed in")
     require_same_origin(request)
@@ -241,7 +245,7 @@ async def sign_out(request: web.Request) -> web.Response:
         raise Rejection(
             RejectCode.CSRF_REFUSED, f"a state-changing request needs the session's {CSRF_HEADER}"
         )
-    request.app[CONSOLE].sessions.end(request.cookies.get(COOKIE_NAME))
+    await parts.write(request.app[CONSOLE].sessions.end, request.cookies.get(COOKIE_NAME))
     response = json_response({"signed_out": True})
     response.del_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Strict")
     return response

@@ -34,12 +34,13 @@ async def reader_of(request: web.Request, parts: CentralParts) -> Reader:
     return await reader_scope(request)
 
 
-def log_read(
+async def log_read(
     parts: CentralParts, request: web.Request, reader: Reader, what: str, *, item: str | None = None,
     query: str | None = None,
 ) -> None:
-    """Append one access-log row; raises :class:`Rejection` (503) when it cannot be written."""
-    _log_read(request, reader, what, item=item, query=query)
+    """Append one access-log row (on the database's writer, off the event loop); raises
+    :class:`Rejection` (503) when it cannot be written."""
+    await parts.write(_log_read, request, reader, what, item=item, query=query)
 
 
 def items_matching(parts: CentralParts, reader: Reader, query: ItemQuery) -> Iterator[ItemRecord]:

@@ -49,6 +49,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.disclosure import PackageIndex, StationCoverage
 from edge.custody.keys import key_id_of
 from edge.custody.ledger import station_time_now
+from edge.custody.receipt import Receipt
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
@@ -155,18 +156,13 @@ class AuditRoutes:
     async def preview(self, request: web.Request) -> web.Response:
         reader = await self._reader(request)
         case = _case(request)
-        log_read(self.parts, request, reader, "disclosure-preview", query=f"case={case}")
-        records = self._case_records(reader, case)
+        await log_read(self.parts, request, reader, "disclosure-preview", query=f"case={case}")
+        records = await self.parts.read(self._case_records, reader, case)
         return _json({"case_number": case, "items": [disclosed_item(r).to_dict() for r in records]})
 
     async def _plan(self, reader: Reader, case: str, records: list[Any]) -> PackagePlan:
         parts = self.parts
-        receipts = {}
-        for record in records:
-            receipt = parts.registrar.receipt_for(record.item)
-            if receipt is None:
-                raise Rejection(RejectCode.NOT_FOUND, f"no receipt for item {record.item}")
-            receipts[record.item] = receipt
+        receipts = await parts.write(self._receipts, records)
         # The ledger part reads every entry from the first disclosed one to the head (a long span for an old
         # item): in a worker thread, on a snapshot of the index, so the event loop keeps serving and the
         # stated head and the segment come from one state.
@@ -181,6 +177,16 @@ class AuditRoutes:
         )
         return PackagePlan(index, records, receipts, segments, station_keys, central_key, page_html(index),
                            page_text(index))
+
+    def _receipts(self, records: list[Any]) -> dict[str, Receipt]:
+        """A fresh receipt of each record's item (the database's writer: it may sign a tree head)."""
+        receipts = {}
+        for record in records:
+            receipt = self.parts.registrar.receipt_for(record.item)
+            if receipt is None:
+                raise Rejection(RejectCode.NOT_FOUND, f"no receipt for item {record.item}")
+            receipts[record.item] = receipt
+        return receipts
 
     def _ledger_part(self, records: list[Any]) -> tuple[
         list[StationSegment], dict[str, StationCoverage], dict[str, dict[str, Ed25519PublicKey]]
@@ -206,11 +212,11 @@ class AuditRoutes:
     async def package(self, request: web.Request) -> web.StreamResponse:
         reader = await self._reader(request)
         case = _case(request)
-        log_read(self.parts, request, reader, "disclosure-package", query=f"case={case}")
-        records = self._case_records(reader, case)
+        await log_read(self.parts, request, reader, "disclosure-package", query=f"case={case}")
+        records = await self.parts.read(self._case_records, reader, case)
         # Each disclosed item's own trail shows that it left in this package, for whom and when.
         for record in records:
-            log_read(self.parts, request, reader, "disclosure", item=record.item, query=f"case={case}")
+            await log_read(self.parts, request, reader, "disclosure", item=record.item, query=f"case={case}")
         plan = await self._plan(reader, case, records)
         safe = re.sub(r"[^A-Za-z0-9_-]+", "_", case)[:80] or "case"
         response = web.StreamResponse(headers={
@@ -253,10 +259,16 @@ class AuditRoutes:
         reader = await self._reader(request)
         _only(request, {"from", "to"})
         time_from, time_to = _period(request)
-        log_read(self.parts, request, reader, "stats", query=request.query_string[:1000])
-        fold = Statistics()
-        for record in items_matching(self.parts, reader, ItemQuery(time_from=time_from, time_to=time_to)):
-            fold.add(item_facts(record, self.parts.index.current_case(record.item)))
+        await log_read(self.parts, request, reader, "stats", query=request.query_string[:1000])
+
+        def folded() -> Statistics:
+            fold = Statistics()
+            query = ItemQuery(time_from=time_from, time_to=time_to)
+            for record in items_matching(self.parts, reader, query):
+                fold.add(item_facts(record, self.parts.index.current_case(record.item)))
+            return fold
+
+        fold = await self.parts.read(folded)
         return _json({"from": time_from, "to": time_to, **fold.to_dict()})
 
     # -- spot checks ---------------------------------------------------------------------------------
@@ -269,17 +281,18 @@ class AuditRoutes:
         seed = _seed(request)
         started = station_time_now()
         recorded = {"from": time_from, "to": time_to, "sample": requested, "seed": seed}
-        log_read(self.parts, request, reader, "spot-check", query=canonical_json(recorded).decode())
-        records = {r.item: r for r in items_matching(self.parts, reader,
-                                                     ItemQuery(time_from=time_from, time_to=time_to))}
+        await log_read(self.parts, request, reader, "spot-check", query=canonical_json(recorded).decode())
+        query = ItemQuery(time_from=time_from, time_to=time_to)
+        records = await self.parts.read(
+            lambda: {r.item: r for r in items_matching(self.parts, reader, query)})
         chosen = choose_sample(list(records), seed=seed, size=size, fraction=fraction)
         checks = []
         rotations: RotationCache = {}  # each station's key rotations, read once per spot check
         for item in chosen:
-            log_read(self.parts, request, reader, "spot-check", item=item, query=f"seed={seed}")
+            await log_read(self.parts, request, reader, "spot-check", item=item, query=f"seed={seed}")
             checks.append(await check_item(self.parts, records[item], rotations))
         result = SpotCheck(time_from, time_to, seed, len(records), requested, reader.reader, started, checks)
-        log_read(self.parts, request, reader, "spot-check-result", query=canonical_json(
+        await log_read(self.parts, request, reader, "spot-check-result", query=canonical_json(
             {**recorded, "sampled": len(checks), "failed": result.failed,
              "failed_items": [c.item for c in checks if not c.ok][:50]}).decode())
         return result

@@ -13,7 +13,9 @@ fails and nothing being reported done that was not:
 3. every object is copied and locked (:mod:`edge.central.migration.objects`), resuming past those an
    earlier run copied; a source object whose bytes are not its row's is named, and the index is not
    copied;
-4. every row is copied in one transaction, then compared row by row with the source;
+4. every row is copied in one transaction, as the receivers' role; the role that owns the tables
+   (``[central] index`` ``owner_url``; the same role in a single-role install) then moves the identity
+   sequences past the copied ids; the copy is compared row by row with the source;
 5. `edge verify` runs on the target (the same checks: objects hashed, the Merkle log recomputed, every
    receipt reproduced, the trails' seals) and the summary says rows per table, objects, bytes, time
    and the verdict.
@@ -49,6 +51,7 @@ from edge.central.migration.tables import (
     CopyRefused,
     TableCopy,
     compare_table,
+    continue_identities,
     copy_tables,
     plan_tables,
     target_row_counts,
@@ -56,6 +59,8 @@ from edge.central.migration.tables import (
 from edge.central.object_stores import open_object_store
 from edge.central.objects import FileObjectStore
 from edge.central.postgres import PostgresDatabase
+from edge.central.postgres.database import connect_owner
+from edge.central.postgres.migrations import owns_schema
 from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.verify import verify_central
@@ -166,6 +171,30 @@ def _check_configs(source: CentralConfig,
     return index, objects
 
 
+def _check_owner_reachable(database: PostgresDatabase, index: PostgresIndexConfig) -> None:
+    """Refuse, before anything is copied, a target whose only role is a least-privilege runtime role: the
+    copy's last step (the identity sequences) is the owner's."""
+    if index.owner_url is not None or owns_schema(database.conn) is not False:
+        return  # the owner's URL is given, or the URL's role owns the tables (a single-role install)
+    raise MigrationConfigError(
+        f"--to gives only the receivers' role {database.conn.info.user}, which does not own the central's "
+        f"tables in {database.where}: the migration also moves the tables' id sequences past the copied "
+        "rows, which only the owner may (the receivers never get UPDATE on a sequence). Add the owner's "
+        "URL as central.index.owner_url, with owner_password, to the --to configuration")
+
+
+def _continue_sequences(database: PostgresDatabase, index: PostgresIndexConfig,
+                        plans: list[TableCopy]) -> None:
+    """Move the identity sequences past the copied ids, as the role that owns the tables."""
+    if index.owner_url is None:  # a single-role install: the URL's role owns them
+        continue_identities(database.conn, plans)
+        return
+    password = index.owner_password.resolve() if index.owner_password is not None else None
+    # A short connection: the owner's step only, like the schema migrations.
+    with connect_owner(index.owner_url, password, "edge central migrate") as owner:
+        continue_identities(owner, plans)
+
+
 def migrate_central(source: CentralConfig, target: CentralConfig,
                     say: Callable[[str], None]) -> MigrationSummary:
     """Move the embedded store of ``source`` into the PostgreSQL database and S3 bucket of ``target``;
@@ -187,6 +216,7 @@ def migrate_central(source: CentralConfig, target: CentralConfig,
         database = open_central_database(target)
         stack.callback(database.close)
         assert isinstance(database, PostgresDatabase)
+        _check_owner_reachable(database, index_config)
         bucket = open_object_store(target)
         assert isinstance(bucket, S3ObjectStore)
         try:
@@ -212,6 +242,8 @@ def migrate_central(source: CentralConfig, target: CentralConfig,
 def _migrate(conn: sqlite3.Connection, database: PostgresDatabase, bucket: S3ObjectStore,
              source: CentralConfig, target: CentralConfig, summary: MigrationSummary,
              progress: _Progress) -> None:
+    index_config = target.central.index
+    assert isinstance(index_config, PostgresIndexConfig)
     target_conn = database.conn
     try:
         plans = plan_tables(conn, target_conn)
@@ -239,6 +271,8 @@ def _migrate(conn: sqlite3.Connection, database: PostgresDatabase, bucket: S3Obj
     if already:
         summary.index = "already copied by an earlier run (compared row by row)"
         summary.rows = {plan.name: _source_count(conn, plan) for plan in plans}
+        # An earlier run may have stopped between its committed copy and this step.
+        _continue_sequences(database, index_config, plans)
     else:
         progress("copying the index in one transaction", now=True)
         try:
@@ -247,14 +281,13 @@ def _migrate(conn: sqlite3.Connection, database: PostgresDatabase, bucket: S3Obj
         except CopyRefused as exc:
             raise MigrationFailed(str(exc), summary) from None
         summary.index = f"copied into {database.where}"
+        _continue_sequences(database, index_config, plans)
         progress("comparing the copy with the source, row by row", now=True)
         summary.differences = _compare(conn, target_conn, plans, progress)
         if summary.differences:
             raise MigrationFailed("the copied index differs from the source", summary)
     progress("running `edge verify` on the target", now=True)
-    index = target.central.index
-    assert isinstance(index, PostgresIndexConfig)
-    findings = verify_central(target.central.store_dir, index=index, objects=bucket)
+    findings = verify_central(target.central.store_dir, index=index_config, objects=bucket)
     summary.verify_checked = dict(findings.checked)
     summary.verify_problems = [f"{problem.where}: {problem.what}" for problem in findings.problems]
     summary.not_copied = {table: (_count(conn, table), reason) for table, reason in NOT_COPIED.items()

@@ -18,6 +18,10 @@ seal, and ``SET CONSTRAINTS ALL IMMEDIATE`` makes the "every trail row is sealed
 instead of queueing millions of checks for COMMIT. Every row goes in one transaction: an interrupted copy
 leaves the target as empty as it was. A row the triggers refuse (a source whose history was cut or
 edited below its own triggers) fails the copy, naming the table.
+
+The rows go in as the receivers' role (the copy needs INSERT only, as a receiver does); the identity
+sequences are then moved past the copied ids by the role that owns the tables (:func:`continue_identities`):
+setval needs UPDATE on a sequence, which the runtime role never gets.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "TableCopy",
     "UnknownTable",
     "compare_table",
+    "continue_identities",
     "copy_tables",
     "plan_tables",
     "target_row_counts",
@@ -248,17 +253,35 @@ def copy_tables(source: sqlite3.Connection, target: psycopg.Connection[Any], pla
                         cursor.executemany(insert, batch)
                         copied[plan.name] += len(batch)
                 progress(plan.name, copied[plan.name])
-                if plan.identity_column is not None and copied[plan.name]:
-                    # The identity's sequence continues after the copied ids, not at 1.
-                    target.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(%s, %s), "
-                                           "(SELECT max({}) FROM {}))").format(
-                        sql.Identifier(plan.identity_column), sql.Identifier(plan.name)),
-                        (plan.name, plan.identity_column))
     except psycopg.Error as exc:
         diag = exc.diag.message_primary or str(exc)
         raise CopyRefused(f"table {current}: the target refused a row ({diag.strip()}); the copy was rolled "
                           "back, the target database is as empty as it was") from None
     return copied
+
+
+def continue_identities(owner: psycopg.Connection[Any], plans: Sequence[TableCopy]) -> list[str]:
+    """Move each identity column's sequence past the ids the copy inserted (they were given explicitly,
+    so the sequence still stands at 1), never back; returns the tables whose sequence moved.
+
+    ``owner`` must be the role that owns the tables: setval needs UPDATE on the sequence, which the
+    receivers' runtime role never gets (it draws ids with USAGE only). Idempotent: a rerun after a copy
+    committed without this step completes it."""
+    moved: list[str] = []
+    for plan in plans:
+        if plan.identity_column is None:
+            continue
+        # pg_sequences.last_value is NULL until the sequence has given a value: then any copied id moves it.
+        row = owner.execute(sql.SQL(
+            "SELECT setval(seq, copied) FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass AS seq, "
+            "(SELECT max({}) FROM {}) AS copied) AS wanted WHERE copied IS NOT NULL AND copied > coalesce(("
+            "SELECT last_value FROM pg_sequences "
+            "WHERE format('%%I.%%I', schemaname, sequencename)::regclass = seq), 0)").format(
+                sql.Identifier(plan.identity_column), sql.Identifier(plan.name)),
+            (plan.name, plan.identity_column)).fetchone()
+        if row is not None:
+            moved.append(plan.name)
+    return moved
 
 
 def compare_table(source: sqlite3.Connection, target: psycopg.Connection[Any], plan: TableCopy) -> str | None:

@@ -10,7 +10,9 @@ That lock is held by another receiver for as long as its transaction runs, so wa
 happen on a receiver's event loop (issue 13: a receiver waiting on it served no connection, and stations'
 connections were closed). Transactions therefore run on a connection of their own, the writer's, one
 transaction at a time in the process; :meth:`PostgresDatabase.run_writes` runs a registration's in a
-dedicated writer thread, while the loop keeps reading committed rows on the other connection.
+dedicated writer thread. Reads a coroutine hands to :meth:`PostgresDatabase.run_reads` run in reader threads,
+each on a connection of its own, so that a slow query or a server restarting does not stall the loop either;
+what is left on the loop reads committed rows on the reading connection.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import SchemaBehind, apply_migrations, check_runtime_role, owns_schema
 from edge.central.postgres.trail import PostgresTrailSealer
 
-__all__ = ["PostgresDatabase"]
+__all__ = ["PostgresDatabase", "connect_owner"]
 
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
+# Reader threads of a receiver (each with its connection, opened at its first read).
+_READER_THREADS = 2
 
 _T = TypeVar("_T")
 
@@ -67,6 +71,14 @@ class PostgresDatabase:
         # connection, every other thread's to the reading one.
         self._in_transaction = threading.local()
         self._writer_thread: ThreadPoolExecutor | None = None
+        self._reader_threads: ThreadPoolExecutor | None = None
+        # In a reader thread: its own connection (``conn``), and whether it runs a read now.
+        self._reader_local = threading.local()
+        self._reader_conns: list[psycopg.Connection[tuple[object, ...]]] = []
+        self._reader_conns_lock = threading.Lock()
+        # Counts the losses of the server seen on any connection: a reader thread's connection opened
+        # before the last one is replaced at its next use (it would fail its next statement).
+        self._losses = 0
         # A lost server (a restart, a network cut) is seen on one connection first; the other, idle, would
         # fail its next statement: each is replaced at its next use once the other was found lost.
         self._reader_lost = False
@@ -93,15 +105,45 @@ class PostgresDatabase:
         if getattr(self._in_transaction, "depth", 0) > 0 and not self._one_connection:
             assert self._writer_conn is not None
             return self._writer_conn
+        if getattr(self._reader_local, "reading", False):
+            return self._reader_conn()
         if (self._conn.broken or self._reader_lost) and not self._closed:
             with self._replacing_reader:
                 if self._conn.broken or self._reader_lost:
                     log.warning("the connection to %s was lost; connecting again", self.where)
+                    if self._conn.broken:
+                        self._losses += 1
                     self._writer_lost = self._writer_lost or self._conn.broken
                     lost, self._conn = self._conn, self._reconnect()
                     self._reader_lost = False
                     lost.close()
         return self._conn
+
+    def _reader_conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        """This reader thread's connection, opened at its first read and again when lost."""
+        conn: psycopg.Connection[tuple[object, ...]] | None = getattr(self._reader_local, "conn", None)
+        opened_after: int = getattr(self._reader_local, "losses", 0)
+        if conn is not None and not conn.broken and not conn.closed and opened_after == self._losses:
+            return conn
+        if conn is not None:
+            log.warning("a reader's connection to %s was lost; connecting again", self.where)
+            conn.close()
+        fresh = self._reconnect()
+        with self._reader_conns_lock:
+            if conn is not None and conn in self._reader_conns:
+                self._reader_conns.remove(conn)
+            self._reader_conns.append(fresh)
+        self._reader_local.conn = fresh
+        self._reader_local.losses = self._losses
+        return fresh
+
+    def _lost_on(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
+        """After a failed statement: when its connection is broken, the server was lost (a restart, a
+        network cut) and every other connection is replaced at its next use."""
+        if conn is not None and conn.broken:
+            self._losses += 1
+            self._reader_lost = True
+            self._writer_lost = True
 
     def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
         """The writer's connection (under the writer mutex), opened or opened again when lost."""
@@ -173,8 +215,7 @@ class PostgresDatabase:
 
         if owner_url is not None:
             # The owner's connection lives only for the migration: the receiver never holds it.
-            with psycopg.connect(owner_url, autocommit=True, application_name=f"{application_name} migrate",
-                                 connect_timeout=_CONNECT_TIMEOUT_S, password=owner_password) as owner:
+            with connect_owner(owner_url, owner_password, f"{application_name} migrate") as owner:
                 apply_migrations(owner)
                 owner.execute("SELECT edge_grant_runtime()")
         conn = connect()
@@ -225,6 +266,7 @@ class PostgresDatabase:
                     yield conn
             except BaseException:
                 if conn.broken:
+                    self._losses += 1
                     self._reader_lost = True
                 raise
             finally:
@@ -243,11 +285,38 @@ class PostgresDatabase:
             self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-writer")
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, work)
 
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        """``work()`` (reads only; a transaction it opens still goes to the writer) in a reader thread on
+        a connection of its own, so that the event loop keeps serving while PostgreSQL answers."""
+        if self._one_connection:
+            return work()  # a snapshot's or a read-only session's database: never a receiver's loop
+        if self._reader_threads is None:
+            self._reader_threads = ThreadPoolExecutor(max_workers=_READER_THREADS,
+                                                      thread_name_prefix="postgres-reader")
+
+        def read() -> _T:
+            self._reader_local.reading = True
+            try:
+                return work()
+            except BaseException:
+                self._lost_on(getattr(self._reader_local, "conn", None))
+                raise
+            finally:
+                self._reader_local.reading = False
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_threads, read)
+
     def close(self) -> None:
         self._closed = True
         if self._writer_thread is not None:
             # A write still running finishes (or fails on its closed connection) before the close returns.
             self._writer_thread.shutdown(wait=True)
+        if self._reader_threads is not None:
+            self._reader_threads.shutdown(wait=True)
+        with self._reader_conns_lock:
+            for reader in self._reader_conns:
+                reader.close()
+            self._reader_conns.clear()
         with self._writer_mutex:
             if self._writer_conn is not None:
                 self._writer_conn.close()
@@ -257,6 +326,15 @@ class PostgresDatabase:
 # Databases already warned about, so that a process opening its database again (a command after the
 # receiver's start, a test) says it once.
 _warned_single_role: set[str] = set()
+
+
+def connect_owner(owner_url: str, owner_password: str | None,
+                  application_name: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the role that owns the tables (``central.index.owner_url``), autocommit, for the
+    owner's steps only (schema migrations, grants, setting sequences); the caller closes it soon."""
+    # Keyword parameters are merged with the URL's: the password never enters the URL.
+    return psycopg.connect(owner_url, autocommit=True, application_name=application_name,
+                           connect_timeout=_CONNECT_TIMEOUT_S, password=owner_password)
 
 
 def _warn_single_role(conn: psycopg.Connection[tuple[object, ...]]) -> None:

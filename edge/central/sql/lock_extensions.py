@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from edge.central.objects import Retention
-from edge.central.retention import parse_utc
 from edge.central.sql.console import SqlConnection
+from edge.central.storage import PendingLock
 
-__all__ = ["PendingLock", "SqlLockExtensions", "utc_text"]
+__all__ = ["SqlLockExtensions", "utc_text"]
 
 _MAX_ERROR_CHARS = 500
 
@@ -31,25 +30,6 @@ _MAX_ERROR_CHARS = 500
 def utc_text(moment: datetime) -> str:
     """``moment`` as fixed-width UTC text (microseconds), ordered as the times are."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True)
-class PendingLock:
-    """The lock an item's content must get: ``until`` (UTC text), with a legal hold when ``legal_hold``;
-    asked for at ``requested_utc``, tried ``attempts`` times so far, the last failure ``last_error``."""
-
-    item: str
-    sha256: str
-    until_utc: str
-    legal_hold: bool
-    requested_utc: str
-    attempts: int
-    last_attempt_utc: str | None
-    last_error: str | None
-
-    @property
-    def retention(self) -> Retention:
-        return Retention(parse_utc(self.until_utc), legal_hold=self.legal_hold)
 
 
 _COLUMNS = "item, sha256, until_utc, legal_hold, requested_utc, attempts, last_attempt_utc, last_error"

@@ -119,5 +119,11 @@ class SqliteDatabase:
         for is only this process's own (no other receiver holds a store's SQLite file)."""
         return work()
 
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        """``work()`` where it is, on the event loop, for the reason of :meth:`run_writes`: on the one
+        connection a read in another thread could see the uncommitted rows of a transaction the loop is
+        running, and a read of the local file never waits for another process."""
+        return work()
+
     def close(self) -> None:
         self.conn.close()

@@ -125,7 +125,13 @@ function renderSpace() {
   const space = view.status?.space;
   const element = $("#space");
   const level = space?.level;
-  if (level === "low" || level === "critical") {
+  // Sources the recording reserve stopped (edge/rooms/reserve.py): the disk is at its reserve.
+  const held = view.status?.reserve?.held ?? [];
+  if (Array.isArray(held) && held.length > 0) {
+    setText(element, w.spaceReserve(held.map(String).join(", ")));
+    element.dataset.level = "critical";
+    show(element, true);
+  } else if (level === "low" || level === "critical") {
     const minutes = typeof space.minutes_left === "number" ? Math.round(space.minutes_left) : w.spaceUnknownMinutes;
     setText(element, level === "critical" ? w.spaceCritical(minutes) : w.spaceLow(minutes));
     element.dataset.level = level;

@@ -41,7 +41,6 @@ import hmac
 import logging
 import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -56,9 +55,7 @@ from edge.central.s3_objects import CopySource, S3ObjectStore
 from edge.central.tus_contract import UploadStoreUnavailableError
 from edge.central.tus_staging import TusStaging
 from edge.central.tus_store import (
-    CHECKSUM_ALGORITHMS,
     PREFIX_SHA256,
-    ChecksumMismatchError,
     ChunkChecksum,
     OffsetMismatchError,
     QuotaExceededError,
@@ -69,8 +66,10 @@ from edge.central.tus_store import (
     UploadInfo,
     UploadNotFoundError,
     UploadTooLargeError,
+    UploadWriteBase,
     is_upload_id,
 )
+from edge.central.upload_memory import UploadMemory
 from edge.custody.canonical import canonical_json, parse_json
 
 __all__ = ["SharedTusStore", "SharedUploadWrite", "StagedUpload"]
@@ -83,12 +82,19 @@ _S3_MIN_PART_BYTES = 5 << 20
 _LEASE_S = 3600.0
 # Connections kept open for later requests (more are opened while many requests write at once).
 _IDLE_CONNECTIONS = 4
+# Uploads whose running hash (and, apart, whose completed hash) this receiver remembers at most (review 13
+# #7): each entry also leaves at its upload's expiry; one evicted costs a read-back from the bucket.
+REMEMBERED_UPLOADS = 10_000
 _COLUMNS = "upload_id, station, length, committed, metadata, created, expires, sha256"
 
 
 def _lock_key(name: str) -> int:
     """A 64-bit advisory lock key of an upload or a station's quota (signed, as PostgreSQL takes it)."""
     return int.from_bytes(hashlib.sha256(f"edge-tus:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _nothing(upload_id: str) -> None:
+    """The default :attr:`SharedTusStore.before_purge_drop`."""
 
 
 def _whole_seconds(epoch_s: float) -> datetime:
@@ -171,6 +177,7 @@ class SharedTusStore:
         expire_complete_after_s: float | None = None,
         station_quota_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        remembered_uploads: int = REMEMBERED_UPLOADS,
     ) -> None:
         if part_size_bytes < _S3_MIN_PART_BYTES:
             raise ValueError(f"part_size_bytes must be at least {_S3_MIN_PART_BYTES} (S3's part minimum), "
@@ -186,11 +193,15 @@ class SharedTusStore:
         self._expire_complete_after_s = float(expire_complete_after_s or expire_after_s)
         self._station_quota_bytes = station_quota_bytes
         self._clock = clock
-        self._lock = threading.Lock()
-        # upload id -> (offset, SHA-256 hasher of the content up to it): this receiver's running hashes.
-        self._hashers: dict[str, tuple[int, Any]] = {}
-        # upload id -> SHA-256 this receiver computed as the bytes arrived (complete uploads).
-        self._vouched: dict[str, str] = {}
+        # upload id -> (offset, SHA-256 hasher of the content up to it): this receiver's running hashes,
+        # until the upload's expiry (an upload finished or purged on another receiver never says so here).
+        self._hashers: UploadMemory[tuple[int, Any]] = UploadMemory(remembered_uploads, clock)
+        # upload id -> SHA-256 this receiver computed as the bytes arrived (complete uploads), until the
+        # upload's expiry and a registration's lease after it.
+        self._vouched: UploadMemory[str] = UploadMemory(remembered_uploads, clock)
+        # Called by the purge with an upload it is about to drop, holding the upload's lock (tests
+        # interleave a registration's claim there).
+        self.before_purge_drop: Callable[[str], None] = _nothing
 
     def __repr__(self) -> str:
         return f"SharedTusStore(bucket={self.objects.bucket!r}, part_size={self.part_size})"
@@ -261,10 +272,10 @@ class SharedTusStore:
                 f"INSERT INTO tus_uploads ({_COLUMNS}) VALUES (%s, %s, %s, 0, %s, %s, %s, %s)",
                 (info.upload_id, station, length, canonical_json(dict(info.metadata)).decode("utf-8"),
                  info.created, info.expires, info.sha256))
-        with self._lock:
-            self._hashers[info.upload_id] = (0, hashlib.sha256())
-            if length == 0:
-                self._vouched[info.upload_id] = hashlib.sha256().hexdigest()
+        self._hashers.put(info.upload_id, (0, hashlib.sha256()), info.expires.timestamp())
+        if length == 0:
+            self._vouched.put(info.upload_id, hashlib.sha256().hexdigest(),
+                              info.expires.timestamp() + _LEASE_S)
         log.info("upload %s created for station %s: %d bytes", info.upload_id, station, length)
         return info
 
@@ -287,7 +298,7 @@ class SharedTusStore:
         return [_Part(int(n), int(start), int(size), str(version)) for n, start, size, version in rows]
 
     def sources(self, upload_id: str, parts: list[_Part]) -> list[CopySource]:
-        return [CopySource(self.staging.key(upload_id, p.number), p.version_id, p.size) for p in parts]
+        return [self.staging.copy_source(upload_id, p.number, p.version_id, p.size) for p in parts]
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -331,10 +342,9 @@ class SharedTusStore:
 
     def _hasher_at(self, upload_id: str, offset: int, parts: list[_Part]) -> Any:
         """This receiver's running hash at ``offset``, or one rebuilt from the committed parts."""
-        with self._lock:
-            kept = self._hashers.get(upload_id)
-            if kept is not None and kept[0] == offset:
-                return kept[1].copy()
+        kept = self._hashers.get(upload_id)
+        if kept is not None and kept[0] == offset:
+            return kept[1].copy()
         hasher = hashlib.sha256()
         if offset == 0:
             return hasher
@@ -356,13 +366,14 @@ class SharedTusStore:
                  "bucket (the upload continues on this receiver)", upload_id, read - since, offset)
         return hasher
 
-    def _remember(self, upload_id: str, offset: int, hasher: Any, sha256: str | None) -> None:
-        with self._lock:
-            if sha256 is not None:
-                self._hashers.pop(upload_id, None)
-                self._vouched[upload_id] = sha256
-            else:
-                self._hashers[upload_id] = (offset, hasher.copy())
+    def _remember(
+        self, upload_id: str, offset: int, hasher: Any, sha256: str | None, expires: datetime
+    ) -> None:
+        if sha256 is not None:
+            self._hashers.pop(upload_id)
+            self._vouched.put(upload_id, sha256, expires.timestamp() + _LEASE_S)
+        else:
+            self._hashers.put(upload_id, (offset, hasher.copy()), expires.timestamp())
 
     def _release(self, conn: Connection, upload_id: str) -> None:
         self._unlock(conn, upload_id)
@@ -379,8 +390,13 @@ class SharedTusStore:
         return None
 
     def staged(self, upload_id: str) -> StagedUpload:
-        """The complete upload's parts, leased to the registration that asked (the purge leaves them)."""
+        """The complete upload's parts, leased to the registration that asked (the purge leaves them).
+
+        The claim holds the upload's lock, which the purge (on any receiver) holds from its last look at
+        the upload to the deletion of its record (review 13 #6): either the purge drops the upload before
+        the claim reads it (no such upload), or the claim's lease is what the purge sees."""
         with self._connections.borrowed() as conn, conn.transaction():
+            self._hold_for_claim(conn, upload_id)
             info = self._get(conn, upload_id)
             if info is None:
                 raise UploadNotFoundError(f"no upload {upload_id}")
@@ -390,8 +406,7 @@ class SharedTusStore:
             conn.execute("UPDATE tus_uploads SET leased_until = %s WHERE upload_id = %s",
                          (_whole_seconds(self._clock() + _LEASE_S), upload_id))
             parts = self._parts(conn, upload_id)
-        with self._lock:
-            vouched = self._vouched.get(upload_id) == info.sha256
+        vouched = self._vouched.get(upload_id) == info.sha256
         return StagedUpload(self, info, self.sources(upload_id, parts), vouched=vouched)
 
     def remove(self, upload_id: str) -> bool:
@@ -416,11 +431,25 @@ class SharedTusStore:
             self.staging.delete_upload(upload_id)
         except ObjectStoreError as exc:
             raise UploadStoreUnavailableError(f"upload {upload_id}: {exc}") from None
-        with self._lock:
-            self._hashers.pop(upload_id, None)
-            self._vouched.pop(upload_id, None)
+        self._hashers.pop(upload_id)
+        self._vouched.pop(upload_id)
         cursor = conn.execute("DELETE FROM tus_uploads WHERE upload_id = %s", (upload_id,))
         return cursor.rowcount > 0
+
+    @staticmethod
+    def _hold_for_claim(conn: Connection, upload_id: str) -> None:
+        """The upload's lock until the claim's transaction ends. Waits for a purge (or a request) holding
+        it: a purge takes seconds, a request is bounded by the HTTP layer's timeouts; the caller is off the
+        event loop."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(upload_id),))
+
+    @staticmethod
+    def _purge_due(conn: Connection, upload_id: str, moment: datetime) -> bool:
+        """Whether the upload is past its expiry at ``moment`` and no registration holds a lease on it."""
+        row = conn.execute("SELECT 1 FROM tus_uploads WHERE upload_id = %s AND expires <= %s AND "
+                           "(committed < length OR leased_until IS NULL OR leased_until <= %s)",
+                           (upload_id, moment, moment)).fetchone()
+        return row is not None
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Remove uploads past their expiry that no request holds (on whichever receiver); returns how
@@ -437,9 +466,11 @@ class SharedTusStore:
                 if not self._try_lock(conn, info.upload_id):
                     continue  # a request writes to it now (it will not be expired after)
                 try:
-                    still = self._get(conn, info.upload_id)
-                    if still is None or still.expires > moment:
+                    # Looked at again under the upload's lock, which a registration's claim takes too: a
+                    # lease given since the rows were read keeps the upload.
+                    if not self._purge_due(conn, info.upload_id, moment):
                         continue
+                    self.before_purge_drop(info.upload_id)
                     self._drop(conn, info.upload_id)
                 except UploadStoreUnavailableError as exc:
                     log.warning("upload %s expired but could not be purged now: %s", info.upload_id, exc)
@@ -493,7 +524,7 @@ class StagedUpload:
             objects.retain(sha256, retention)
 
 
-class SharedUploadWrite:
+class SharedUploadWrite(UploadWriteBase):
     """One request's append to one shared upload (the :class:`~edge.central.tus_contract.UploadAppend`
     contract): bytes collect into parts of the store's part size, each stored as it fills; see the module
     docstring for when they commit."""
@@ -514,24 +545,6 @@ class SharedUploadWrite:
         self._pending: list[_Part] = []  # stored, not committed (a checksummed chunk not yet verified)
         self._buffer = bytearray()
 
-    def __enter__(self) -> SharedUploadWrite:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @property
-    def upload_id(self) -> str:
-        return self._info.upload_id
-
-    @property
-    def length(self) -> int:
-        return self._info.length
-
-    @property
-    def info(self) -> UploadInfo:
-        return self._info
-
     @property
     def _stored_end(self) -> int:
         return self._pending[-1].start + self._pending[-1].size if self._pending else self._info.offset
@@ -540,11 +553,6 @@ class SharedUploadWrite:
     def offset(self) -> int:
         """End of the bytes received so far (committed or not)."""
         return self._stored_end + len(self._buffer)
-
-    def _new_chunk_hasher(self) -> Any:
-        if self._checksum is None or self._checksum.algorithm == PREFIX_SHA256:
-            return None
-        return CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -587,16 +595,13 @@ class SharedUploadWrite:
         self._connection()
         if self._checksum is not None:
             hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
+            assert hasher is not None  # a per-chunk algorithm has its chunk hasher
             got = hasher.digest()
             if not hmac.compare_digest(got, self._checksum.digest):
                 received = self.offset - self._info.offset
                 at = self._info.offset
                 self.discard()
-                covers = f"bytes 0..{at + received}" if self._chunk is None else "chunk"
-                raise ChecksumMismatchError(
-                    f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
-                    f"offset {at} ({covers}) is {got.hex()}, the request declared "
-                    f"{self._checksum.digest.hex()}")
+                raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
         return self._commit_ending()
 
     def keep(self) -> UploadInfo:
@@ -668,7 +673,7 @@ class SharedUploadWrite:
         self._pending = []
         self._info = replace(self._info, offset=end, expires=expires, sha256=sha256)
         self._at_commit = self._at_part_end.copy()
-        self._store._remember(self.upload_id, end, self._at_commit, sha256)
+        self._store._remember(self.upload_id, end, self._at_commit, sha256, expires)
         if complete:
             log.info("upload %s complete: %d bytes in %d parts", self.upload_id, end, len(self._parts))
         return self._info

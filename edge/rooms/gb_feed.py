@@ -1,0 +1,319 @@
+"""One ffmpeg run's feed from a GB/T 28181 live channel: its video and its sound over two pipes.
+
+The agent reads the channel in process (`LiveHandle.reader()`: from a key frame on, bounded, cut off when
+it falls too far behind) and splits it (:class:`drivers.gb28181.ps_audio.PsAudioSplitter`): the program
+stream goes on to the run's ffmpeg over one pipe (``-f mpeg``), every audio PES made padding; the camera's
+G.711 (PSM stream type 0x90 A-law, 0x91 µ-law) goes as raw samples, aligned with the video by
+:class:`edge.rooms.gb_audio.AudioTimeline`, over a second pipe (``-f alaw|mulaw -ar 8000 -ac 1``). One
+reader for both, so both begin at the same key frame: the first video PTS is sample 0 of the sound, and
+ffmpeg's time 0 of both inputs is the same instant (no -itsoffset to guess).
+
+Before the run's ffmpeg is started, :meth:`GbRunFeed.prepare` reads up to the key frame's PSM (at most
+PSM_WAIT_S, PSM_WAIT_BYTES): the PSM says whether there is sound and which. A camera without audio in
+its PSM records video only, as does one whose sound is not G.711 (AAC, G.722, G.729: `unsupported_audio`
+names it; the recording says so once on the ledger).
+
+The pipes are made here and handed to that ffmpeg only (``pass_fds``; both ends close-on-exec in the
+agent, ffmpeg's ends non-blocking so that waiting for the feed it still answers SIGTERM, as in
+:mod:`edge.rooms.feed_relay`). Bounded: the pump stops reading the channel while more than
+VIDEO_QUEUE_BYTES of video wait for ffmpeg (the live layer then buffers up to its own limit and cuts the
+reader off: the run ends, a gap); sound that ffmpeg does not take for AUDIO_QUEUE_S beyond what its pipe
+holds ends the run too, with that reason (`end_reason`): the agent never buffers without limit. When the
+channel's reader ends (an interruption, a cut-off, the channel stopped), what is queued is written and
+both pipes are closed: ffmpeg sees the end of its inputs and finishes its last segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from drivers.gb28181.ps import Codec
+from drivers.gb28181.ps_audio import PsAudioSplitter, SplitOutput
+from edge.config.rooms import RoomInputConfig
+from edge.rooms.gb_audio import FFMPEG_FORMATS, SAMPLE_RATE_HZ, AudioGap, AudioTimeline
+
+log = logging.getLogger(__name__)
+
+PSM_WAIT_S = 5.0
+PSM_WAIT_BYTES = 512 * 1024
+VIDEO_PIPE_BYTES = 1 << 20
+AUDIO_PIPE_BYTES = 64 * 1024
+VIDEO_QUEUE_BYTES = 4 << 20
+AUDIO_QUEUE_S = 20.0
+AUDIO_QUEUE_BYTES = int(AUDIO_QUEUE_S * SAMPLE_RATE_HZ)
+DRAIN_S = 5.0  # at the reader's end, how long what is queued may take to reach ffmpeg
+AUDIO_OVERFLOW_REASON = "audio-overflow"
+# ffmpeg reads the program stream from a key frame on, so a short probe suffices; a damaged pack is dropped
+# rather than muxed.
+VIDEO_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
+
+
+class FeedReader(Protocol):
+    """What the feed reads: a live channel's consumer (`edge.gb28181.live.LiveReader`)."""
+
+    ended: str | None
+    cut_off: bool
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class GbFeedEnded(Exception):
+    """The channel's reader ended before its first key frame's stream map was read."""
+
+
+def video_input(fd: int) -> RoomInputConfig:
+    """The run's video input: the program stream on the pipe it inherits as `fd` (built by the station,
+    never from the configuration, which refuses ``pipe:``)."""
+    return RoomInputConfig.model_construct(format="mpeg", url=f"pipe:{fd}", options=dict(VIDEO_INPUT_OPTIONS),
+                                           realtime=False, username=None, password=None)
+
+
+def audio_input(fd: int, codec: Codec) -> RoomInputConfig:
+    """The run's sound input: raw G.711 at 8 kHz, mono, on the pipe it inherits as `fd`."""
+    return RoomInputConfig.model_construct(format=FFMPEG_FORMATS[codec], url=f"pipe:{fd}",
+                                           options={"ar": str(SAMPLE_RATE_HZ), "ac": "1"}, realtime=False,
+                                           username=None, password=None)
+
+
+def _pipe(size_bytes: int) -> tuple[int, int]:
+    """A pipe: ffmpeg's read end non-blocking, the agent's write end non-blocking, both close-on-exec."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):  # a margin, not a need
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, size_bytes)
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
+
+
+class _PipeWriter:
+    """The agent's end of one pipe: what ffmpeg has not taken yet waits here (the caller bounds it)."""
+
+    def __init__(self, fd: int, what: str) -> None:
+        self.fd: int | None = fd
+        self.what = what
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.broken = False
+        self._writing = False
+        self._taken = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        if not data or self.broken or self.fd is None:
+            return
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        fd = self.fd
+        while self._chunks and fd is not None:
+            head = self._chunks[0]
+            try:
+                written = os.write(fd, head)
+            except BlockingIOError:
+                if not self._writing:
+                    asyncio.get_running_loop().add_writer(fd, self._flush)
+                    self._writing = True
+                return
+            except OSError as exc:  # ffmpeg is gone (EPIPE): nothing more goes to it
+                log.info("gb feed: the %s pipe closed (%s)", self.what, exc.strerror or exc)
+                self.broken = True
+                self._chunks.clear()
+                self.buffered = 0
+                break
+            self.buffered -= written
+            if written < len(head):
+                self._chunks[0] = head[written:]
+            else:
+                self._chunks.popleft()
+            self._taken.set()
+        self._stop_watching()
+        self._taken.set()
+
+    def _stop_watching(self) -> None:
+        if self._writing and self.fd is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_writer(self.fd)
+        self._writing = False
+
+    async def below(self, limit: int) -> None:
+        """Until no more than `limit` bytes wait (at once if so)."""
+        while self.buffered > limit and not self.broken:
+            self._taken.clear()
+            await self._taken.wait()
+
+    def close(self) -> None:
+        self._stop_watching()
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._chunks.clear()
+        self.buffered = 0
+
+
+class GbRunFeed:
+    """One run's feed (see the module docstring): `prepare()`, then `inputs`/`pass_fds` for the run's
+    ffmpeg, `pump()` as a task while it runs, `close()` after it."""
+
+    def __init__(self, reader: FeedReader, *, what: str,
+                 on_audio_gap: Callable[[AudioGap], None] = lambda gap: None) -> None:
+        self._reader = reader
+        self.what = what
+        self._on_audio_gap = on_audio_gap
+        self._splitter = PsAudioSplitter()
+        self._pending: list[SplitOutput] = []
+        self.audio_codec: Codec | None = None  # the sound recorded (G.711), None: video only
+        self.unsupported_audio: Codec | None = None  # sound the PSM lists that is not recorded
+        self.timeline: AudioTimeline | None = None
+        self._video: _PipeWriter | None = None
+        self._audio: _PipeWriter | None = None
+        self._ffmpeg_ends: list[int] = []
+        self.inputs: list[RoomInputConfig] = []
+        self.end_reason: str | None = None  # why the feed ended the run itself (None: the channel's end)
+        self.video_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"GbRunFeed({self.what})"
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(self._ffmpeg_ends)
+
+    async def prepare(self, wait_s: float = PSM_WAIT_S) -> None:
+        """Read up to the first key frame's stream map and make the pipes. `GbFeedEnded` when the
+        channel's reader ends first with nothing read."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        seen_bytes = 0
+        video_seen = False
+        while self._splitter.stream_map is None and not video_seen and seen_bytes < PSM_WAIT_BYTES:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await self._reader.read()
+            except TimeoutError:
+                break
+            if not chunk:
+                if not seen_bytes:
+                    raise GbFeedEnded(self._reader.ended or "the live stream ended")
+                break
+            seen_bytes += len(chunk)
+            out = self._splitter.feed(chunk)
+            self._pending.append(out)
+            video_seen = bool(out.video_pts) and self._splitter.stream_map is None
+        codec = self._splitter.audio_codec()
+        if codec in FFMPEG_FORMATS:
+            self.audio_codec = codec
+            self.timeline = AudioTimeline(codec)
+        elif codec is not None:
+            self.unsupported_audio = codec
+        self._open_pipes()
+
+    def _open_pipes(self) -> None:
+        read_end, write_end = _pipe(VIDEO_PIPE_BYTES)
+        self._ffmpeg_ends.append(read_end)
+        self._video = _PipeWriter(write_end, "video")
+        self.inputs = [video_input(read_end)]
+        if self.audio_codec is not None:
+            read_end, write_end = _pipe(AUDIO_PIPE_BYTES)
+            self._ffmpeg_ends.append(read_end)
+            self._audio = _PipeWriter(write_end, "audio")
+            self.inputs.append(audio_input(read_end, self.audio_codec))
+
+    async def pump(self) -> None:
+        """Read the channel and write both pipes until the reader ends (or the sound overflows), then
+        write what is queued and close them (ffmpeg finishes its last segment)."""
+        video = self._video
+        assert video is not None, "prepare() first"
+        try:
+            pending, self._pending = self._pending, []
+            for out in pending:
+                self._take(out)
+            while self.end_reason is None:
+                await video.below(VIDEO_QUEUE_BYTES)
+                chunk = await self._reader.read()
+                if not chunk:
+                    break
+                self._take(self._splitter.feed(chunk))
+            if self.end_reason is None:
+                self._take(self._splitter.flush())
+                if self.timeline is not None and self._audio is not None:
+                    self._audio.write(self.timeline.finish())
+                    self._report_gaps()
+                if self._reader.cut_off:
+                    self.end_reason = (f"the room's ffmpeg fell behind the live stream and was "
+                                       f"{self._reader.ended}")
+                with contextlib.suppress(TimeoutError):  # the last frames reach ffmpeg, then its inputs end
+                    async with asyncio.timeout(DRAIN_S):
+                        await video.below(0)
+                        if self._audio is not None:
+                            await self._audio.below(0)
+        finally:
+            self._close_writers()
+
+    def _take(self, out: SplitOutput) -> None:
+        assert self._video is not None
+        self._video.write(out.video)
+        self.video_bytes += len(out.video)
+        timeline, audio = self.timeline, self._audio
+        if timeline is None or audio is None:
+            return
+        now = time.time_ns()
+        pieces = []
+        for item in out.media:  # in stream order: a frame's sound before the next picture moves the lag on
+            if isinstance(item, int):
+                pieces.append(timeline.video(item, now))
+            elif item.codec is timeline.codec or item.codec is Codec.UNKNOWN:
+                pieces.append(timeline.audio(item.pts, item.data))
+        audio.write(b"".join(pieces))
+        self._report_gaps()
+        if audio.buffered > AUDIO_QUEUE_BYTES and self.end_reason is None:
+            self.end_reason = (f"{AUDIO_OVERFLOW_REASON}: the room's ffmpeg took none of the camera's sound "
+                               f"for more than {AUDIO_QUEUE_S:g} s beyond what its pipe holds "
+                               f"({audio.buffered} bytes waiting): the run ends rather than buffer more")
+            log.warning("%s: %s", self.what, self.end_reason)
+
+    def _report_gaps(self) -> None:
+        if self.timeline is None:
+            return
+        for gap in self.timeline.take_gaps():
+            try:
+                self._on_audio_gap(gap)
+            except Exception:  # the record of a gap must not end the feed
+                log.exception("%s: reporting an audio gap failed", self.what)
+
+    def _close_writers(self) -> None:
+        for writer in (self._video, self._audio):
+            if writer is not None:
+                writer.close()
+
+    def status(self) -> dict[str, object]:
+        timeline = self.timeline
+        return {
+            "audio": None if self.audio_codec is None else self.audio_codec.value,
+            "unsupported_audio": None if self.unsupported_audio is None else self.unsupported_audio.value,
+            "audio_s": None if timeline is None else round(timeline.seconds(), 3),
+            "audio_filled_s": (None if timeline is None
+                               else round(timeline.filled_samples / SAMPLE_RATE_HZ, 3)),
+            "audio_jumps": None if timeline is None else timeline.jumps,
+            "damaged_audio_pes": self._splitter.damaged_audio,
+        }
+
+    def close(self) -> None:
+        """After the run: every pipe end the agent holds is closed and the channel's reader let go."""
+        self._close_writers()
+        for fd in self._ffmpeg_ends:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._ffmpeg_ends.clear()
+        self._reader.close()

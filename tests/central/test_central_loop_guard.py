@@ -1,0 +1,116 @@
+"""Issue 13 (review 13): no coroutine of the central calls the database or the upload store directly.
+
+On PostgreSQL and S3 any such call may wait for another receiver's lock, a restarting server or the
+network, and while it waits the receiver's event loop serves nothing (tus PATCHes, registrations, health
+checks). Coroutines hand them to ``run_reads`` / ``run_writes`` (``CentralParts.read`` / ``.write``) or a
+worker thread instead. This reads edge/central's source: a call, in the body of an ``async def`` (not in a
+function nested in it, which runs wherever it is handed), of a blocking method of the stores' protocols on
+a receiver named like one of them, is named here with its place. (A plain function called from a
+coroutine that reaches a store itself is not seen here: the off-the-loop tests with a blocked database,
+tests/central/test_postgres_*off_the_loop.py, cover the paths that matter.)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+from edge.central import storage
+from edge.central.registration import UploadSource
+from edge.central.tus_contract import TusStore
+
+CENTRAL = Path(__file__).resolve().parents[2] / "edge" / "central"
+
+# What holds a store in the central's code (``self.index``, ``parts.console``, ``self.merkle.store``...).
+STORE_NAMES = frozenset({"index", "console", "merkle", "store", "log_store", "uploads", "equipment", "unit",
+                         "sessions", "auth", "registrar", "database"})
+
+
+def _methods(*protocols: type) -> set[str]:
+    names: set[str] = set()
+    for protocol in protocols:
+        names |= {name for name, value in vars(protocol).items()
+                  if not name.startswith("_") and inspect.isfunction(value)
+                  and not inspect.iscoroutinefunction(value)}
+    return names
+
+
+# The blocking methods: the stores' protocols, the Merkle log's reads and writes, the authenticator's
+# look-ups and the registrar's blocking helpers. Coroutine methods (run_reads, run_writes) are not.
+BLOCKING = _methods(storage.Index, storage.ConsoleStore, storage.SessionRows, storage.LogStore,
+                    storage.EquipmentRows, storage.UnitOfWork, UploadSource, TusStore) | {
+    "tree_head", "size", "consistency_proof", "inclusion_proof", "leaf", "append",
+    "station", "reader", "station_or_reader", "enrolled_station",
+    "reject", "receipt_for", "witnessed_head", "create", "get", "end",
+}
+
+
+def _receiver_names(node: ast.expr) -> list[str]:
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        names.append(node.id)
+    return names
+
+
+def _direct_body(function: ast.AsyncFunctionDef) -> list[ast.AST]:
+    """The nodes of ``function``'s own body, not of the functions and lambdas defined in it."""
+    nested = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+    found: list[ast.AST] = []
+    pending: list[ast.AST] = [node for node in function.body if not isinstance(node, nested)]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        pending += [child for child in ast.iter_child_nodes(node) if not isinstance(child, nested)]
+    return found
+
+
+def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
+    found = []
+    for function in ast.walk(ast.parse(source)):
+        if not isinstance(function, ast.AsyncFunctionDef):
+            continue
+        body = _direct_body(function)
+        # An awaited call is a coroutine's (Registrar.ledger_head, not Index.ledger_head).
+        awaited = {id(node.value) for node in body if isinstance(node, ast.Await)}
+        for node in body:
+            if id(node) in awaited or not isinstance(node, ast.Call):
+                continue
+            if not isinstance(node.func, ast.Attribute):
+                continue
+            if node.func.attr in BLOCKING and STORE_NAMES & set(_receiver_names(node.func.value)):
+                receiver = ".".join(reversed(_receiver_names(node.func.value)))
+                found.append(f"{where}:{node.lineno} in {function.name}: {receiver}.{node.func.attr}(...)")
+    return found
+
+
+# Calls that stay where they are, each with its reason.
+ALLOWED = {
+    # Shutting the application down: waits for the writer thread's last transaction on purpose.
+    ("app.py", "database.close"),
+}
+
+
+def test_no_coroutine_of_the_central_calls_a_store_directly() -> None:
+    found = []
+    for path in sorted(CENTRAL.rglob("*.py")):
+        where = str(path.relative_to(CENTRAL))
+        found += [call for call in blocking_calls_in_coroutines(path.read_text(encoding="utf-8"), where)
+                  if not any(call.startswith(f"{file}:") and f" {name}(" in call for file, name in ALLOWED)]
+    assert found == [], "blocking store calls on the event loop:\n" + "\n".join(found)
+
+
+def test_control_the_guard_names_a_direct_call_and_leaves_a_handed_one() -> None:
+    source = (
+        "async def handler(self, item):\n"
+        "    record = self.parts.index.item(item)\n"
+        "    other = await self.parts.read(self.parts.index.item, item)\n"
+        "    head = await self.parts.registrar.ledger_head(item)\n"
+        "    def nested():\n"
+        "        return self.parts.index.item(item)\n"
+        "    return await self.parts.write(nested)\n"
+    )
+    assert blocking_calls_in_coroutines(source, "x.py") == ["x.py:2 in handler: self.parts.index.item(...)"]
