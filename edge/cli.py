@@ -437,6 +437,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.transport == "mqtt" and args.no_central:
         print("error: --transport mqtt sends to the central: it cannot go with --no-central", file=sys.stderr)
         return ExitCode.USAGE
+    if args.central_process and (args.no_central or args.transport != "http"):
+        print("error: --central-process runs the central (over HTTPS) in a process of its own: it cannot go "
+              "with --no-central or --transport mqtt", file=sys.stderr)
+        return ExitCode.USAGE
     options = DemoOptions(
         recorders=args.recorders,
         files=args.files,
@@ -453,6 +457,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         segment_s=args.segment_seconds,
         gb_faults=tuple(args.gb_fault),
         shift=args.shift,
+        central_process=args.central_process,
     )
     if options.shift and (options.room or options.source != "usb" or not options.central):
         print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
@@ -466,7 +471,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if options.room and not (1.0 <= options.room_seconds <= 24 * 3600 and 0.5 <= options.segment_s <= 600):
         print("error: --seconds must be 1 to 86400 and --segment-seconds 0.5 to 600", file=sys.stderr)
         return ExitCode.USAGE
-    return asyncio.run(run_demo(options))
+    from edge.central.own_process import CentralProcessError
+
+    try:
+        return asyncio.run(run_demo(options))
+    except CentralProcessError as exc:  # its log's tail is in the message
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
 
 
 def _mqtts_url(value: str) -> str:
@@ -565,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
     demo.add_argument(
         "--no-central", action="store_true", help="offload only: no embedded central, no uploads"
+    )
+    demo.add_argument(
+        "--central-process", action="store_true",
+        help="run the central as deployed, `edge central run` in a process of its own (mutual TLS), instead "
+        "of embedded in the demo's process; the JSON summary then has station_cpu_s and central_cpu_s apart",
     )
     demo.add_argument(
         "--keep-running", action="store_true",
