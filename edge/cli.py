@@ -428,7 +428,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import DemoOptions, run_demo
+    from edge.demo import MAX_DEMO_RECORDERS, DemoOptions, demo_recorders, run_demo
     from simulators.gb28181.settings import parse_faults
 
     if args.broker is not None and args.transport != "mqtt":
@@ -437,8 +437,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.transport == "mqtt" and args.no_central:
         print("error: --transport mqtt sends to the central: it cannot go with --no-central", file=sys.stderr)
         return ExitCode.USAGE
+    if args.central_process and (args.no_central or args.transport != "http"):
+        print("error: --central-process runs the central (over HTTPS) in a process of its own: it cannot go "
+              "with --no-central or --transport mqtt", file=sys.stderr)
+        return ExitCode.USAGE
+    recorders = demo_recorders(args.recorders, args.source)
+    if recorders is None:
+        print(f"error: --recorders must be 1 to {MAX_DEMO_RECORDERS}", file=sys.stderr)
+        return ExitCode.USAGE
     options = DemoOptions(
-        recorders=args.recorders,
+        recorders=recorders,
         files=args.files,
         file_mb=args.file_mb,
         workdir=Path(args.workdir) if args.workdir else None,
@@ -453,6 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         segment_s=args.segment_seconds,
         gb_faults=tuple(args.gb_fault),
         shift=args.shift,
+        central_process=args.central_process,
     )
     if options.shift and (options.room or options.source != "usb" or not options.central):
         print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
@@ -466,7 +475,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if options.room and not (1.0 <= options.room_seconds <= 24 * 3600 and 0.5 <= options.segment_s <= 600):
         print("error: --seconds must be 1 to 86400 and --segment-seconds 0.5 to 600", file=sys.stderr)
         return ExitCode.USAGE
-    return asyncio.run(run_demo(options))
+    from edge.central.own_process import CentralProcessError
+
+    try:
+        return asyncio.run(run_demo(options))
+    except CentralProcessError as exc:  # its log's tail is in the message
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
 
 
 def _mqtts_url(value: str) -> str:
@@ -558,13 +573,21 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
 
     demo = sub.add_parser("demo", help="simulated station: recorders, dock, offload, verify")
-    demo.add_argument("--recorders", type=int, default=3)
+    demo.add_argument(
+        "--recorders", type=int, default=None,
+        help="simulated recorders (default: 3 docked over USB; 2 4G recorders with --source gb28181)",
+    )
     demo.add_argument("--files", type=int, default=5, help="files per recorder")
     demo.add_argument("--file-mb", type=float, default=2.0, help="size of each video file in MiB")
     demo.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
     demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
     demo.add_argument(
         "--no-central", action="store_true", help="offload only: no embedded central, no uploads"
+    )
+    demo.add_argument(
+        "--central-process", action="store_true",
+        help="run the central as deployed, `edge central run` in a process of its own (mutual TLS), instead "
+        "of embedded in the demo's process; the JSON summary then has station_cpu_s and central_cpu_s apart",
     )
     demo.add_argument(
         "--keep-running", action="store_true",

@@ -28,6 +28,11 @@ ledger and sends evidence through an MQTT broker (EMQX-style file transfer, READ
 the shipped agency configuration and ACL, its server certificate and the central's own broker identity
 issued by the demo central's CA, as `edge central broker-cert` and `edge central mqtt-identity` do.
 
+With ``--central-process`` the central is not embedded in the demo's process but runs as deployed,
+`edge central run` in a process of its own (edge.central.own_process), on the same kind of set-up; the
+summary then tells the two sides' CPU apart: ``station_cpu_s`` (the demo's process) and
+``central_cpu_s`` (the central's), each from the first docking to the last receipt.
+
 On a terminal each bay shows a live progress bar (rich) and the summary is a table; otherwise (a log, a
 pipe) one plain line per change that matters. The station's local API runs as in production: its socket
 and the dock screen's URL are printed, and with ``--keep-running`` the station, its API and the central
@@ -41,6 +46,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -50,13 +56,15 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from edge.central.embedded import EmbeddedCentral, issue_mqtt_identities
+from edge.central.own_process import CentralProcess
 from edge.central.verify import verify_central_store
 from edge.config.station import StationConfig
 from edge.custody.problems import Problem
@@ -72,6 +80,19 @@ from simulators.gb28181.settings import DeviceSettings, SipTransportKind, parse_
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 
 OFFICERS = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周婷", "吴强"]
+USB_DEMO_RECORDERS = 3  # bays of a small docking station
+GB_DEMO_RECORDERS = 2  # 4G recorders of the GB/T 28181 demo (the issue's "two simulated 4G recorders")
+MAX_DEMO_RECORDERS = 64
+
+
+def demo_recorders(asked: int | None, source: str) -> int | None:
+    """How many simulated recorders a demo runs: `asked` (None: the source's default), or None when `asked`
+    is out of 1..MAX_DEMO_RECORDERS."""
+    if asked is None:
+        return GB_DEMO_RECORDERS if source == "gb28181" else USB_DEMO_RECORDERS
+    return asked if 1 <= asked <= MAX_DEMO_RECORDERS else None
+
+
 DEMO_PASSWORD = "000000"  # the factory default real recorders ship with; a demo has nothing to hide
 SESSION_TIMEOUT_S = 600.0
 STATION_ID = "DEMO-STATION-01"
@@ -85,7 +106,7 @@ GB_UTC_OFFSET_MIN = 480  # the devices' clocks: Beijing time (the [gb28181] defa
 
 @dataclass(frozen=True)
 class DemoOptions:
-    recorders: int = 3
+    recorders: int = USB_DEMO_RECORDERS
     files: int = 5
     file_mb: float = 2.0
     workdir: Path | None = None
@@ -100,6 +121,32 @@ class DemoOptions:
     room_seconds: float = 30.0  # room: how long the session records
     segment_s: float = 5.0  # room: segment length
     shift: bool = False  # a shift of issue and return at the desk instead (edge.demo_shift)
+    central_process: bool = False  # the central as `edge central run` in its own process, not embedded
+
+
+class DemoCentral(Protocol):
+    """What the demo needs of its central, embedded or in a process of its own."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def console_url(self) -> str: ...
+
+    @property
+    def store_dir(self) -> Path: ...
+
+    def uplink_config(self) -> dict[str, Any]: ...
+
+    def signing_public_key(self) -> Ed25519PublicKey: ...
+
+    async def stop(self) -> None: ...
+
+
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process (every thread) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -258,6 +305,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
         _print_urls(out, agent)
         async with LiveBays(agent.status, out) as live:
             offload_started = time.monotonic()
+            cpu_started = _cpu_now(central)
             for i, spec in enumerate(specs):
                 live.print(
                     f"docking recorder {spec.device_serial} ({spec.officer_name}, 警号 {spec.officer_no}) "
@@ -273,6 +321,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
             if agent.uplink is not None:
                 drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
             journey_s = time.monotonic() - offload_started
+            cpu_used = [now - before for now, before in zip(_cpu_now(central), cpu_started, strict=True)]
         leds = {i + 1: str(dock.led(i + 1)) for i in range(len(specs))}
         remaining = {s.device_serial: evidence_left(bus, s.device_serial, config) for s in specs}
         if options.keep_running:
@@ -317,6 +366,11 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
         "central_verified": None if central_report is None else not central_report,
         "transport": options.transport if central is not None else None,
         "broker_url": station_mqtt["broker_url"] if station_mqtt is not None else None,
+        "central_process": isinstance(central, CentralProcess),
+        # CPU seconds from the first docking to the last receipt: this process (the station, with the
+        # simulators and an embedded central), and a central in its own process (else null).
+        "station_cpu_s": round(cpu_used[0], 3),
+        "central_cpu_s": round(cpu_used[1], 3) if len(cpu_used) > 1 else None,
     }
     _print_table(out, agent, specs, leds, remaining, report.ok)
     if central is not None:
@@ -536,12 +590,20 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     return 0 if not errors else 1
 
 
+def _cpu_now(central: DemoCentral | None) -> list[float]:
+    """CPU seconds so far of this process, and of the central when it runs in a process of its own."""
+    if isinstance(central, CentralProcess):
+        return [own_cpu_s(), central.cpu_s()]
+    return [own_cpu_s()]
+
+
 async def _start_central(
     options: DemoOptions, workdir: Path, out: Any
-) -> tuple[EmbeddedCentral | None, LocalBroker | None, dict[str, Any] | None, dict[str, Any] | None]:
-    """The embedded central (over HTTPS, or over MQTT with its broker), and the station's [uplink] and
-    [mqtt] sections that reach it; nothing without `options.central`."""
-    central: EmbeddedCentral | None = None
+) -> tuple[DemoCentral | None, LocalBroker | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The embedded central (over HTTPS, or over MQTT with its broker) or, with `central_process`, the
+    central in its own process (HTTPS), and the station's [uplink] and [mqtt] sections that reach it;
+    nothing without `options.central`."""
+    central: DemoCentral | None = None
     broker: LocalBroker | None = None
     uplink: dict[str, Any] | None = None
     station_mqtt: dict[str, Any] | None = None
@@ -550,11 +612,18 @@ async def _start_central(
         # MQTT only: the station knows no central URL, everything goes through the broker.
         uplink = {"transport": "mqtt", "identity_dir": str(central.bundle_dir)}
         station_mqtt = {"broker_url": broker_url}
+    elif options.central and options.central_process:
+        central = await CentralProcess.start(workdir, STATION_ID, workdir / "station-store")
+        uplink = central.uplink_config()
+        print(f"central receiver: `edge central run --config {central.config_file}` (pid {central.pid}, "
+              f"its log in {central.log_file}) listening on {central.url} (mutual TLS); auditor console "
+              f"on {central.console_url}/console/ (no account made: `edge central account` adds one)",
+              file=out, flush=True)
     elif options.central:
         central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
         uplink = central.uplink_config()
         print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
-    if central is not None:
+    if isinstance(central, EmbeddedCentral):
         console_password = workdir / "console-auditor.password"
         central.console_account("demo-auditor", console_password)
         print(f"auditor console: {central.console_url}/console/ (account demo-auditor, a supervisor; its "
@@ -612,7 +681,7 @@ async def _start_central_over_mqtt(
     return central, broker, broker_url
 
 
-async def _stop_services(central: EmbeddedCentral | None, broker: LocalBroker | None) -> None:
+async def _stop_services(central: DemoCentral | None, broker: LocalBroker | None) -> None:
     """The demo's central, then its broker (stopped even when the central's stop fails)."""
     try:
         if central is not None:
@@ -642,7 +711,7 @@ class DemoVerification:
         return errors + [f"central {p.where}: {p.what}" for p in self.central or ()]
 
 
-async def verify_demo(loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None,
+async def verify_demo(loop: asyncio.AbstractEventLoop, config: StationConfig, central: DemoCentral | None,
                       *, drained: bool) -> DemoVerification:
     central_key = central.signing_public_key() if central is not None else None
     station = await loop.run_in_executor(

@@ -194,6 +194,15 @@ class S3ObjectsConfig(StrictModel):
         "suits non-AWS servers (boto3 >= 1.36 otherwise sends CRC trailers some servers refuse); the central "
         "computes SHA-256 itself and sends Content-MD5 with every part either way",
     )
+    payload_signing: Literal["auto", "signed", "unsigned"] = Field(
+        "auto",
+        description="Whether each request body's SHA-256 is part of the SigV4 signature. auto (botocore's "
+        "choice): signed over plain http, not over https (TLS and Content-MD5 protect it there). unsigned: "
+        "UNSIGNED-PAYLOAD everywhere, one SHA-256 pass of every byte fewer on the central; over plain http "
+        "only Content-MD5 then guards the body, which catches damage in transit but not someone on the path "
+        "who rewrites body and MD5 (the central's own SHA-256 of each object still names what was stored). "
+        "signed: always. Use an https endpoint",
+    )
     ca_file: Path | None = Field(
         None, description="CA certificate(s) for an https endpoint (PEM); empty: the system's")
     connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Connection time limit per request")
@@ -235,6 +244,11 @@ class S3ObjectsConfig(StrictModel):
     @property
     def part_size_bytes(self) -> int:
         return self.part_size_mb << 20
+
+    @property
+    def sign_payload(self) -> bool | None:
+        """botocore's ``s3.payload_signing_enabled``: None leaves the choice to botocore (auto)."""
+        return {"auto": None, "signed": True, "unsigned": False}[self.payload_signing]
 
 
 class CentralSection(StrictModel):

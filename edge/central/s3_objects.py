@@ -7,8 +7,9 @@ protection a local folder lacks:
   Object Lock enabled (and so without versioning): on such a bucket anyone with the keys could delete
   evidence.
 * **Every version locked.** Each object is written with COMPLIANCE retention until the end of its
-  retention class; then the lock is set again on the written version explicitly and read back, because
-  some servers ignore the lock headers of a multipart upload (Ceph RGW 16.2 does: measured). Permanent
+  retention class; then the written version's lock is read back and, when it falls short, set on that
+  version explicitly and read back again, because some servers ignore the lock headers of a multipart
+  upload (Ceph RGW 16.2 does: measured). Permanent
   evidence gets a legal hold too. :meth:`S3ObjectStore.retain` extends a lock and never shortens it
   (COMPLIANCE would refuse a shorter date anyway).
 * **Our own hash, once.** Some servers accept ``x-amz-checksum-sha256`` without checking it, so the central
@@ -27,7 +28,9 @@ protection a local folder lacks:
 
 boto3 is synchronous; like the local store every method blocks and the central runs them in threads
 (botocore clients are thread-safe). Server quirks are configuration (:class:`S3ObjectsConfig`): path-style
-addressing, and ``checksum_mode`` for boto3 >= 1.36, whose default CRC trailers some servers refuse.
+addressing, ``checksum_mode`` for boto3 >= 1.36, whose default CRC trailers some servers refuse, and
+``payload_signing`` (whether botocore hashes each body once more for its SigV4 signature; over https it
+does not by default).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -88,6 +91,27 @@ class CopySource:
 
 def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _lock_headers(retention: Retention | None) -> dict[str, Any]:
+    """The Object Lock arguments of a write (none without a retention). The date is rounded up to the
+    whole second: the header carries whole seconds (RGW keeps 07:53:24 of 07:53:24.25, measured), and a
+    lock one fraction of a second short of the class would fail the read-back and be written again."""
+    if retention is None:
+        return {}
+    until = retention.until
+    if until.microsecond:
+        until = until.replace(microsecond=0) + timedelta(seconds=1)
+    lock: dict[str, Any] = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": until}
+    if retention.legal_hold:
+        lock["ObjectLockLegalHoldStatus"] = "ON"
+    return lock
+
+
+def _holds(mode: str | None, until: datetime | None, held: bool, retention: Retention) -> bool:
+    """Whether a version's lock, as the bucket reports it, is at least what ``retention`` asks."""
+    long_enough = mode == _LOCK_MODE and until is not None and until >= retention.until
+    return long_enough and (held or not retention.legal_hold)
 
 
 def _code(exc: ClientError) -> str:
@@ -167,10 +191,15 @@ class S3ObjectStore:
         self.bucket = config.bucket
         self.prefix = config.prefix
         self.part_size = config.part_size_bytes
+        s3_options: dict[str, Any] = {"addressing_style": config.addressing_style}
+        if config.sign_payload is not None:
+            # False: UNSIGNED-PAYLOAD, so botocore does not hash every part once more for the signature
+            # (over plain http it otherwise does); Content-MD5 still goes with every body.
+            s3_options["payload_signing_enabled"] = config.sign_payload
         botocore_config = Config(
             region_name=config.region,
             signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
+            s3=s3_options,
             request_checksum_calculation=config.checksum_mode,
             response_checksum_validation=config.checksum_mode,
             connect_timeout=config.connect_timeout_s,
@@ -429,11 +458,7 @@ class S3ObjectStore:
         key = self.key_of(sha256)
         if self._head(sha256) is not None:
             return self._put_existing(source, sha256, retention, received)
-        lock: dict[str, Any] = {}
-        if retention is not None:
-            lock = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
-            if retention.legal_hold:
-                lock["ObjectLockLegalHoldStatus"] = "ON"
+        lock = _lock_headers(retention)
         with open(source, "rb") as stream:
             vouch = _Vouch.of(stream, source, received)
             size = os.fstat(stream.fileno()).st_size
@@ -484,9 +509,7 @@ class S3ObjectStore:
         ``source`` in place (`edge central migrate` copies a local store's objects). The bytes are hashed on
         the one read that sends them: content that does not hash to ``sha256`` raises
         :class:`ObjectMismatch` and never becomes an object. The caller has checked the object is absent."""
-        lock: dict[str, Any] = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
-        if retention.legal_hold:
-            lock["ObjectLockLegalHoldStatus"] = "ON"
+        lock = _lock_headers(retention)
         key = self.key_of(sha256)
         unvouched = _Vouch(source.name, None)
         with open(source, "rb") as stream:
@@ -615,9 +638,13 @@ class S3ObjectStore:
         return mode, until, held
 
     def _lock_version(self, sha256: str, version: str, retention: Retention) -> None:
-        """Lock one version at least as ``retention`` says, and read the lock back."""
+        """Lock one version at least as ``retention`` says, and read the lock back. A version that already
+        reads back as locked long enough (a single PUT with the lock headers) is left as it is: that first
+        read is the check, and reading the same lock again would only cost two requests per object."""
         key = self.key_of(sha256)
         mode, until, held = self.retention_of(sha256, version)
+        if _holds(mode, until, held, retention):
+            return
         try:
             if mode != _LOCK_MODE or until is None or until < retention.until:
                 self.client.put_object_retention(
@@ -634,8 +661,7 @@ class S3ObjectStore:
         except (ClientError, BotoCoreError) as exc:
             raise self._failure(exc, f"lock object {sha256}") from None
         mode, until, held = self.retention_of(sha256, version)
-        short = mode != _LOCK_MODE or until is None or until < retention.until
-        if short or (retention.legal_hold and not held):
+        if not _holds(mode, until, held, retention):
             raise ObjectStoreError(
                 f"object {sha256} version {version}: the bucket reports lock {mode} until {until} "
                 f"(legal hold {'on' if held else 'off'}), not COMPLIANCE until {retention.until.isoformat()}"
@@ -670,11 +696,7 @@ class S3ObjectStore:
             log.info("object %s already stored in bucket %s; content identical", sha256, self.bucket)
             return StoredObject(sha256, self.size_bytes(sha256))
         key = self.key_of(sha256)
-        lock: dict[str, Any] = {}
-        if retention is not None:
-            lock = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
-            if retention.legal_hold:
-                lock["ObjectLockLegalHoldStatus"] = "ON"
+        lock = _lock_headers(retention)
         if not sources:
             try:
                 answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=b"",

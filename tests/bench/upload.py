@@ -1,7 +1,8 @@
 """Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
     python tests/bench/upload.py [--total-mb 1024] [--json]
-    python tests/bench/upload.py --pipeline [--file-mb 50]
+    python tests/bench/upload.py --pipeline [--file-mb 50] [--rounds 3] [--embedded-central]
+    python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
 Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
@@ -18,18 +19,30 @@ to its end: upload, registration, receipts; target <= 2.5); curl_cpu_s_per_gb an
 curl_central_cpu_s_per_gb the same for the curl contender (TLS and the receive path without
 per-chunk checksums or registration: the floor).
 
---pipeline: `edge demo --file-mb N --json` with the embedded central (offload, upload and receipt
-overlap; recorders erased after receipt) against the same demo with --no-central (offload only).
-pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3). The demo runs station and central
-in one process, so the CPU figures there cannot be told apart by side: offload_cpu_s_per_gb (the
-offload-only demo) and journey_cpu_s_per_gb (the demo with its central), both per GiB acquired, and
-upload_path_cpu_s_per_gb, their difference: what uploading, registering and receipts cost both sides.
+--pipeline: `edge demo --file-mb N --json --central-process` (the central as deployed, `edge central
+run` in its own process with mutual TLS; offload, upload and receipt overlap; recorders erased after
+receipt) against the same demo with --no-central (offload only), ROUNDS of each alternating, medians.
+pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3). CPU per GiB acquired:
+offload_cpu_s_per_gb and journey_cpu_s_per_gb (every process of each demo), upload_path_cpu_s_per_gb
+their difference, and by side from docking to the last receipt: station_upload_cpu_s_per_gb (the demo
+process's CPU beyond the offload-only demo's in the same window; the simulated recorders and dock run
+in that process too) and central_cpu_s_per_gb (the central's process). --embedded-central: the old
+mode, the central inside the demo's process (no figures by side). offload_cores: the offload-only demo's CPU
+over its offload, in cores. The simulated recorders deliver far faster than USB 2.0 recorders would
+(about 190 MiB/s from 3 bays here), faster than one uplink moves bytes on this machine, so the journey
+is bounded by the uplink's throughput rather than by how well upload overlaps the offload.
 
 --s3: the centrals keep their objects in an S3 bucket with Object Lock on a throwaway single-node Ceph
 cluster (tests/central/ceph.py; RGW over http on 127.0.0.1, its daemons' CPU not counted), so
-central_cpu_s_per_gb includes sending every object to the bucket (Content-MD5 per part; over plain
-http botocore also signs each part's SHA-256, which it does not over https with Content-MD5). Its OSD
-keeps everything in RAM: rounds x total MiB must fit (locked objects cannot be deleted).
+central_cpu_s_per_gb includes sending every object to the bucket (Content-MD5 per part, about 1.2 to
+1.7 CPU s per GiB here). --s3-payload-signing sets the centrals' [objects] payload_signing: unsigned by
+default, as botocore does over https with Content-MD5 (auto over this plain-http gateway would also
+hash each part's SHA-256 for the signature). Its OSD keeps everything in RAM: rounds x total MiB must
+fit (locked objects cannot be deleted).
+
+Profiles: with EDGE_BENCH_PY_SPY=/path/to/py-spy each central and uplink process is sampled into
+EDGE_BENCH_PROFILE_DIR (collapsed stacks; EDGE_BENCH_PY_SPY_ARGS=--native for C frames too); the figures
+of such a run are inflated by the sampling.
 
 --stations N: N stations (own store, key, certificate) upload at once to one central: aggregate
 throughput, and every item's receipt verified at its station and the central store verified.
@@ -73,6 +86,28 @@ def children_cpu_s() -> float:
 
 def per_gb(cpu_s: float, sent_bytes: int) -> float:
     return round(cpu_s / (sent_bytes / GIB), 3) if sent_bytes else 0.0
+
+
+# Where the CPU goes: with EDGE_BENCH_PY_SPY naming a py-spy binary, each central and uplink process is
+# sampled (every thread, attached by pid so the CPU counts above stay the process's own) into collapsed
+# stacks in EDGE_BENCH_PROFILE_DIR (default: the current directory). The figures of such a run are
+# inflated by the sampling; read the profiles, not the numbers.
+PY_SPY_ENV, PROFILE_DIR_ENV = "EDGE_BENCH_PY_SPY", "EDGE_BENCH_PROFILE_DIR"
+PROFILERS: list[subprocess.Popen[bytes]] = []  # the uplinks' samplers, waited for at the end
+
+
+def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """Start sampling process ``pid`` when EDGE_BENCH_PY_SPY is set; stops by itself when it exits."""
+    py_spy = os.environ.get(PY_SPY_ENV)
+    if not py_spy:
+        return None
+    out = Path(os.environ.get(PROFILE_DIR_ENV, ".")) / f"{name}-{pid}.txt"
+    extra = os.environ.get("EDGE_BENCH_PY_SPY_ARGS", "--nonblocking").split()  # --native: C frames too
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                             "--threads", *extra, "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -97,11 +132,12 @@ class Bucket:
     """Fresh buckets with Object Lock (and a one-day default COMPLIANCE retention, as the README says to
     create them) on a Ceph gateway (tests/central/ceph.py)."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Any, payload_signing: str) -> None:
         import boto3
         from botocore.config import Config
 
         self.gateway = gateway
+        self.payload_signing = payload_signing
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=gateway.endpoint, aws_access_key_id=gateway.access_key_id,
             aws_secret_access_key=gateway.secret_access_key, region_name=gateway.region,
@@ -118,7 +154,7 @@ class Bucket:
             "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
         return (f'objects = {{type = "s3", endpoint = "{self.gateway.endpoint}", bucket = "{name}", '
                 f'region = "{self.gateway.region}", access_key_id = "{self.gateway.access_key_id}", '
-                f'secret_access_key = "env:{S3_SECRET_ENV}"}}\n')
+                f'secret_access_key = "env:{S3_SECRET_ENV}", payload_signing = "{self.payload_signing}"}}\n')
 
 
 class Central:
@@ -133,6 +169,7 @@ class Central:
         )
         run([*edge_command(), "central", "init", "--config", str(self.config)])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -168,6 +205,7 @@ class Central:
                                  f"{self.errors.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                self.profiler = profile(self.proc.pid, "central")
                 return
             except OSError:
                 time.sleep(0.05)
@@ -182,6 +220,8 @@ class Central:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        if self.profiler is not None:
+            self.profiler.wait(120)  # writes its profile when the central has gone
 
 
 def run(args: list[str]) -> None:
@@ -320,7 +360,7 @@ def spawn_uplink(
     bundle: Path,
     concurrency: int,
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
@@ -333,6 +373,10 @@ def spawn_uplink(
         ],
         stdout=subprocess.PIPE,
     )
+    profiler = profile(proc.pid, "uplink")
+    if profiler is not None:
+        PROFILERS.append(profiler)
+    return proc
 
 
 def reap(proc: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
@@ -462,6 +506,7 @@ def mode_single(
     return {
         "mode": "single",
         "objects": "s3" if bucket is not None else "files",
+        "payload_signing": bucket.payload_signing if bucket is not None else None,
         "total_mb": total_mb,
         "files": files,
         "concurrency": concurrency,
@@ -480,7 +525,7 @@ def mode_single(
     }
 
 
-def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
+def mode_pipeline(work: Path, file_mb: float, embedded: bool, rounds: int) -> dict[str, Any]:
     def demo(*extra: str) -> dict[str, Any]:
         cpu_before = children_cpu_s()
         done = subprocess.run(
@@ -494,20 +539,50 @@ def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
         summary["cpu_s_per_gb"] = per_gb(children_cpu_s() - cpu_before, int(summary["bytes"]))
         return summary
 
-    offload_only = demo("--no-central")
-    journey = demo()
-    return {
+    # Alternating rounds, medians: other work on the machine moves single runs by a factor of two.
+    runs: dict[str, list[dict[str, Any]]] = {"offload": [], "journey": []}
+    for round_no in range(rounds):
+        for name in (["offload", "journey"] if round_no % 2 == 0 else ["journey", "offload"]):
+            if name == "offload":
+                runs[name].append(demo("--no-central"))
+                continue
+            journey = demo() if embedded else demo("--central-process")
+            if (journey["errors"] or journey["receipts"] != journey["items"]
+                    or not journey["central_verified"]):
+                raise SystemExit(f"the journey did not end with every receipt verified: "
+                                 f"{journey['errors'][:5]}")
+            runs[name].append(journey)
+
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(float(run[key]) for run in runs[name]))
+
+    acquired = int(runs["journey"][0]["bytes"])
+    offload_s, journey_s = median("offload", "offload_seconds"), median("journey", "journey_seconds")
+    journey_cpu, offload_cpu = median("journey", "cpu_s_per_gb"), median("offload", "cpu_s_per_gb")
+    result = {
         "mode": "pipeline",
+        "central": "embedded" if embedded else "own process",
         "file_mb": file_mb,
-        "items": journey["items"],
-        "receipts": journey["receipts"],
-        "offload_only_s": offload_only["offload_seconds"],
-        "journey_s": journey["journey_seconds"],
-        "pipeline_ratio": round(journey["journey_seconds"] / offload_only["offload_seconds"], 3),
-        "offload_cpu_s_per_gb": offload_only["cpu_s_per_gb"],
-        "journey_cpu_s_per_gb": journey["cpu_s_per_gb"],
-        "upload_path_cpu_s_per_gb": round(journey["cpu_s_per_gb"] - offload_only["cpu_s_per_gb"], 3),
+        "rounds": rounds,
+        "items": runs["journey"][0]["items"],
+        "receipts": runs["journey"][0]["receipts"],
+        "offload_only_s": offload_s,
+        "journey_s": journey_s,
+        "pipeline_ratio": round(journey_s / offload_s, 3),
+        "offload_cpu_s_per_gb": offload_cpu,
+        "journey_cpu_s_per_gb": journey_cpu,
+        "upload_path_cpu_s_per_gb": round(journey_cpu - offload_cpu, 3),
+        "samples_s": {name: [run["journey_seconds"] for run in runs[name]] for name in runs},
+        # How busy the offload alone keeps the machine: its process's CPU over its offload, in cores.
+        "offload_cores": round(median("offload", "station_cpu_s") / offload_s, 2),
     }
+    if not embedded:
+        # Docking to the last receipt, each side its own process: the station's extra for uploading
+        # (against the same window of the offload-only demo) and the central's whole share.
+        result["station_upload_cpu_s_per_gb"] = per_gb(
+            median("journey", "station_cpu_s") - median("offload", "station_cpu_s"), acquired)
+        result["central_cpu_s_per_gb"] = per_gb(median("journey", "central_cpu_s"), acquired)
+    return result
 
 
 def mode_stations(work: Path, total_mb: int, stations: int, files: int) -> dict[str, Any]:
@@ -558,8 +633,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
+    parser.add_argument("--embedded-central", action="store_true",
+                        help="--pipeline: the central inside the demo's process (the old mode), not its own")
     parser.add_argument("--stations", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="objects in a bucket on a throwaway Ceph cluster")
+    parser.add_argument("--s3-payload-signing", choices=["auto", "signed", "unsigned"], default="unsigned",
+                        help="--s3: the centrals' [objects] payload_signing (the gateway is plain http)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir")
     parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
@@ -574,7 +653,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.pipeline:
-            result = mode_pipeline(work, args.file_mb)
+            result = mode_pipeline(work, args.file_mb, args.embedded_central, args.rounds)
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
         elif args.s3:
@@ -584,10 +663,12 @@ def main() -> int:
             memstore_bytes = args.rounds * args.total_mb * MIB * 5 // 4 + 512 * MIB
             with running_ceph(memstore_bytes=memstore_bytes) as gateway:
                 result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
-                                     Bucket(gateway))
+                                     Bucket(gateway, args.s3_payload_signing))
         else:
             result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
     finally:
+        for profiler in PROFILERS:
+            profiler.wait(120)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))

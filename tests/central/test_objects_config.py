@@ -33,6 +33,10 @@ def test_the_local_folder_is_the_default_and_s3_is_chosen_by_type() -> None:
     assert (objects.bucket, objects.addressing_style, objects.checksum_mode) == ("evidence", "path",
                                                                                  "when_required")
     assert objects.part_size_bytes == 64 << 20
+    # The safe choice by default: botocore's (bodies signed over plain http, not over https with MD5).
+    assert (objects.payload_signing, objects.sign_payload) == ("auto", None)
+    unsigned = _parse(MINIMAL + S3 + ', payload_signing = "unsigned"}\n').central.objects
+    assert isinstance(unsigned, S3ObjectsConfig) and unsigned.sign_payload is False
     assert "s3-secret-key" not in repr(objects).replace("credential:s3-secret-key", "")
 
 
@@ -47,6 +51,7 @@ S3_KEYS = {"type": '"s3"', "endpoint": '"https://rgw.example.org"', "bucket": '"
     ("part_size_mb", "4", "greater than or equal to 5"),
     ("addressing_style", '"dns"', "path"),
     ("checksum_mode", '"never"', "when_required"),
+    ("payload_signing", '"off"', "unsigned"),
     ("ca_file", '"relative.pem"', "absolute"),
     ("lock", '"governance"', "unknown key"),
     ("staging_bucket", '"Staging_Bucket"', "pattern"),
