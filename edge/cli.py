@@ -428,7 +428,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import DemoOptions, run_demo
+    from edge.demo import MAX_DEMO_RECORDERS, DemoOptions, demo_recorders, run_demo
     from simulators.gb28181.settings import parse_faults
 
     if args.broker is not None and args.transport != "mqtt":
@@ -441,8 +441,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("error: --central-process runs the central (over HTTPS) in a process of its own: it cannot go "
               "with --no-central or --transport mqtt", file=sys.stderr)
         return ExitCode.USAGE
+    recorders = demo_recorders(args.recorders, args.source)
+    if recorders is None:
+        print(f"error: --recorders must be 1 to {MAX_DEMO_RECORDERS}", file=sys.stderr)
+        return ExitCode.USAGE
     options = DemoOptions(
-        recorders=args.recorders,
+        recorders=recorders,
         files=args.files,
         file_mb=args.file_mb,
         workdir=Path(args.workdir) if args.workdir else None,
@@ -569,7 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
 
     demo = sub.add_parser("demo", help="simulated station: recorders, dock, offload, verify")
-    demo.add_argument("--recorders", type=int, default=3)
+    demo.add_argument(
+        "--recorders", type=int, default=None,
+        help="simulated recorders (default: 3 docked over USB; 2 4G recorders with --source gb28181)",
+    )
     demo.add_argument("--files", type=int, default=5, help="files per recorder")
     demo.add_argument("--file-mb", type=float, default=2.0, help="size of each video file in MiB")
     demo.add_argument("--workdir", help="keep everything here (default: a temporary directory)")

@@ -80,6 +80,19 @@ from simulators.gb28181.settings import DeviceSettings, SipTransportKind, parse_
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 
 OFFICERS = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周婷", "吴强"]
+USB_DEMO_RECORDERS = 3  # bays of a small docking station
+GB_DEMO_RECORDERS = 2  # 4G recorders of the GB/T 28181 demo (the issue's "two simulated 4G recorders")
+MAX_DEMO_RECORDERS = 64
+
+
+def demo_recorders(asked: int | None, source: str) -> int | None:
+    """How many simulated recorders a demo runs: `asked` (None: the source's default), or None when `asked`
+    is out of 1..MAX_DEMO_RECORDERS."""
+    if asked is None:
+        return GB_DEMO_RECORDERS if source == "gb28181" else USB_DEMO_RECORDERS
+    return asked if 1 <= asked <= MAX_DEMO_RECORDERS else None
+
+
 DEMO_PASSWORD = "000000"  # the factory default real recorders ship with; a demo has nothing to hide
 SESSION_TIMEOUT_S = 600.0
 STATION_ID = "DEMO-STATION-01"
@@ -93,7 +106,7 @@ GB_UTC_OFFSET_MIN = 480  # the devices' clocks: Beijing time (the [gb28181] defa
 
 @dataclass(frozen=True)
 class DemoOptions:
-    recorders: int = 3
+    recorders: int = USB_DEMO_RECORDERS
     files: int = 5
     file_mb: float = 2.0
     workdir: Path | None = None

@@ -39,7 +39,7 @@ from edge.sources.gb28181.downloads import (
     FailedPasses,
     GbDownloads,
 )
-from edge.sources.gb28181.give_up_span import Since, failing_span
+from edge.sources.gb28181.give_up_span import FailingSpan, Since, TryTimes
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_SLOW
 from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
 from tests.gb28181.disk_rig import EXPECTED_S, PassClock, StalledDisk, new_spool, station_downloads
@@ -220,6 +220,14 @@ def test_control_failures_spread_over_two_days_give_it_up() -> None:
 
 
 # -- the rule itself, on both clocks ---------------------------------------------------------------------
+
+
+def failing_span(refusals: list[Since]) -> FailingSpan | None:
+    """The span `TryTimes` keeps of RECORDING's counted tries ended at `refusals`, in that order."""
+    times = TryTimes()
+    for n, ended in enumerate(refusals):
+        times.tried(RECORDING, f"raw-{n}", ended)
+    return times.of(RECORDING)
 
 
 def test_a_wall_clock_stepped_forward_between_refusals_gives_nothing_up_early() -> None:

@@ -35,7 +35,7 @@ from edge.gb28181.media import (
 from edge.gb28181.sessions import EndReason as SessionEnd
 from edge.gb28181.sessions import SessionResult
 from edge.sources.gb28181.downloads import MAX_INCOMPLETE_ATTEMPTS, MAX_INTERRUPTED_ATTEMPTS, given_up_because
-from edge.sources.gb28181.give_up_span import Since
+from edge.sources.gb28181.give_up_span import FailingSpan, Since, TryTimes
 from edge.sources.gb28181.recordings import SealedDownload
 from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
 from tests.gb28181.disk_rig import EXPECTED_S, StalledDisk
@@ -137,9 +137,12 @@ def test_control_three_incomplete_copies_are_given_up() -> None:
     assert given_up_because(incomplete) is not None
 
 
-def _tried(slow: list[SealedDownload], every_s: float) -> dict[str, Since]:
-    """When each try ended (`TryTimes`), `every_s` apart on both clocks."""
-    return {d.item: Since(1_790_000_000.0 + n * every_s, 1000.0 + n * every_s) for n, d in enumerate(slow)}
+def _tried(slow: list[SealedDownload], every_s: float) -> FailingSpan | None:
+    """The span of their tries (`TryTimes`), `every_s` apart on both clocks."""
+    times = TryTimes()
+    for n, d in enumerate(slow):
+        times.tried(RECORDING, d.item, Since(1_790_000_000.0 + n * every_s, 1000.0 + n * every_s))
+    return times.of(RECORDING)
 
 
 def test_station_stalls_count_like_the_other_interruptions_over_two_days() -> None:

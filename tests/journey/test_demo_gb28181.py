@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edge.cli import main
-from edge.demo import DemoOptions, run_demo
+from edge.demo import MAX_DEMO_RECORDERS, DemoOptions, demo_recorders, run_demo
 from tests.gb28181.media_sender import HAVE_FFMPEG
 from tests.mqtt.broker import require_mosquitto
 from tests.prerequisites import require
@@ -120,3 +120,17 @@ def test_the_cli_takes_the_source(capsys: pytest.CaptureFixture[str]) -> None:
         main(["demo", "--source", "serial"])
     assert exited.value.code == 2
     assert "invalid choice: 'serial'" in capsys.readouterr().err
+
+
+def test_the_gb_demo_runs_two_4g_recorders_unless_told_otherwise() -> None:
+    # The demo is "two simulated 4G recorders"; the USB demo keeps its three bays.
+    assert demo_recorders(None, "gb28181") == 2
+    assert demo_recorders(None, "usb") == 3
+    assert demo_recorders(5, "gb28181") == 5  # control: an explicit count is taken as given
+
+
+def test_the_cli_refuses_a_recorder_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-1", str(MAX_DEMO_RECORDERS + 1)):
+        assert main(["demo", "--source", "gb28181", "--recorders", bad]) == 2
+        assert "--recorders must be 1 to" in capsys.readouterr().err
+    assert demo_recorders(MAX_DEMO_RECORDERS, "usb") == MAX_DEMO_RECORDERS  # control: the top is allowed

@@ -23,8 +23,9 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    troubles, count only once their tries span `GIVE_UP_AFTER_S` from the first to the latest, on the
    station's wall and monotonic clocks both (edge.sources.gb28181.give_up_span, the failed downloads' rule:
    a quota full or a disk stalled only for a while gives nothing up, review 33, nor does a pause with no
-   try; `TryTimes` keeps when each such try of this run ended, by the raw PS it sealed: a restart starts
-   the span again); the given-up entry says over how many hours and how many tries. While the
+   try; `TryTimes` keeps, per recording, the span of this run's tries whose copies count, from the first
+   however many follow: a restart starts the span again); the given-up entry says over how many hours and
+   how many tries. While the
    spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
@@ -71,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -95,7 +97,6 @@ from edge.sources.gb28181.give_up_span import (
     FailingSpan,
     Since,
     TryTimes,
-    failing_span,
     recording_key,
 )
 from edge.sources.gb28181.recordings import (
@@ -293,11 +294,16 @@ def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
     return stuck
 
 
-def given_up_because(earlier: Sequence[SealedDownload],
-                     tried: Mapping[str, Since] | None = None) -> str | None:
+def station_disk_copies(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
+    """The copies the station's own disk troubles count toward a give-up (the UDP downloads its disk fell
+    behind, and `stuck_disk_full`), once their tries span GIVE_UP_AFTER_S."""
+    return [d for d in earlier if d.interrupted == INTERRUPTED_DISK_SLOW] + stuck_disk_full(earlier)
+
+
+def given_up_because(earlier: Sequence[SealedDownload], tried: FailingSpan | None = None) -> str | None:
     """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is).
-    `tried`: when each try of this run that sealed one of them ended, by its raw PS item (`TryTimes`; None:
-    none known, the station's own disk troubles give nothing up)."""
+    `tried`: the span of this run's tries whose copies the station's disk troubles count (`TryTimes`; None:
+    none known, those troubles give nothing up)."""
     # A download the station's own disk cut short is no fault of the recording nor of the device: a disk-full
     # copy counts toward a give-up only when a write was refused with room showing and it got no further
     # than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the same byte, review
@@ -306,16 +312,14 @@ def given_up_because(earlier: Sequence[SealedDownload],
     # both clocks (edge.sources.gb28181.give_up_span: a quota full or a disk stalled for a few hours, a
     # pause with no try, give nothing up).
     departed = [d for d in earlier if d.interrupted and d.interrupted not in STATION_DISK]
-    station_disk = [d for d in earlier if d.interrupted == INTERRUPTED_DISK_SLOW] + stuck_disk_full(earlier)
+    station_disk = station_disk_copies(earlier)
     over = ""
     if len(departed) < MAX_INTERRUPTED_ATTEMPTS and station_disk:
-        known = tried or {}
-        span = failing_span(known[d.item] for d in station_disk if d.item in known)
-        if span is None or not span.passed():
+        if tried is None or not tried.passed():
             station_disk = []  # not for long enough: a disk in trouble only for a while
         else:
-            over = (f" over {span.hours():.0f} h ({span.count} of these tries in this run, from the first to "
-                    "the latest: the station's disk cutting tries short gives a recording up only once "
+            over = (f" over {tried.hours():.0f} h ({tried.count} of these tries in this run, from the first "
+                    "to the latest: the station's disk cutting tries short gives a recording up only once "
                     f"they span {GIVE_UP_AFTER_S / 3600:.0f} h on the station's wall and monotonic clocks)")
     interrupted = departed + station_disk
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
@@ -651,8 +655,9 @@ class GbDownloads:
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)
         report.ingested.append(done)
-        if done.raw_item is not None and transfer.facts.get("interrupted") in STATION_DISK:
-            self.try_times.tried(ref, done.raw_item, ended)  # a copy the station's disk troubles may count
+        if done.raw_item is not None and transfer.facts.get("interrupted") in STATION_DISK \
+                and await self._counted(ref, done.raw_item):
+            self.try_times.tried(ref, done.raw_item, ended)  # the span the station's disk troubles count
         if done.run.outcome is IngestOutcome.STORE_FULL and done.raw_item is None:
             # The pipeline's `store` entry says what was refused; its spool files are gone (ingest_download).
             await self._store_full(f"the store refused the copy of {shown} ({outcome.bytes} bytes received, "
@@ -667,6 +672,19 @@ class GbDownloads:
         if done.raw_item is None:
             return "the raw PS was not sealed (see the pipeline's error entries)"
         return None
+
+    async def _counted(self, ref: RecordingRef, item: str) -> bool:
+        """Whether the copy of `ref` sealed as `item` is one the station's disk troubles count
+        (`station_disk_copies`), read back from the store as the next pass reads it: a disk-full copy counts
+        only against the copies sealed before it, so whether it does is settled once it is sealed."""
+        try:
+            sealed = await sealed_downloads_off_loop(self.pipeline.store, ref.device_id, {ref.identity()})
+        except (sqlite3.Error, OSError) as exc:
+            # Its try stays out of the span: the span starts at a later one, a give-up later, never earlier.
+            log.warning("gb28181 %s: could not read back the copy of %s (%s): its try is not counted",
+                        display_text(ref.device_id, 64), shown_recording(ref), exc)
+            return False
+        return any(d.item == item for d in station_disk_copies(sealed.get(ref.identity(), [])))
 
     async def _failed(self, ref: RecordingRef, raw: Path, shown: str, reason: str) -> str:
         """A download with no session or no byte: named on the ledger within the bounds (see the module

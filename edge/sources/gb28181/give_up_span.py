@@ -17,22 +17,26 @@ the span's first starts the span again from it (a clock stepped back): passes to
 
 The times are those of the tries in this run: the monotonic clock starts again with the machine, so none is
 kept across a restart and every span starts again in the new run (a give-up two days later, never earlier).
-The failed downloads keep theirs in `FailedPasses`; the sealed copies' (stuck disk-full, disk-slow) are
-kept by raw PS item in `TryTimes`, taken when each try ended, and weighed by `failing_span` over the copies
-that count."""
+The failed downloads keep theirs in `FailedPasses`; the tries whose sealed copies count (stuck disk-full,
+disk-slow) keep theirs in `TryTimes`, one running `FailingSpan` per recording, taken when each try ended: its
+first try stays however many follow (a recorder going on and offline through a shift starts a pass at each
+registration, dozens of tries in two days: keeping only the newest of them would never span two days, and
+each pass would seal one more partial copy, for ever: review rev10b), so its memory is bounded per recording
+without shortening the span."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from edge.sources.gb28181.recordings import RecordingRef
 
 GIVE_UP_AFTER_S = 48 * 3600.0
-MAX_SPANS_KEPT = 16384  # recordings whose tries' times are kept (the oldest forgotten)
-MAX_TRIES_KEPT = 32  # tries kept per recording (the oldest forgotten: a shorter span, never a longer one)
+# Recordings whose failing span is kept (the one tried longest ago forgotten: its span starts again at its
+# next try, a give-up later, never earlier).
+MAX_SPANS_KEPT = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +78,6 @@ class FailingSpan:
         return max(0.0, self.latest.mono - self.first.mono) / 3600
 
 
-def failing_span(failed: Iterable[Since]) -> FailingSpan | None:
-    """The span of these failing tries, taken in the order they ended (the monotonic clock); None: none."""
-    span: FailingSpan | None = None
-    for one in sorted(failed, key=lambda s: s.mono):
-        if span is None:
-            span = FailingSpan.starting(one)
-        else:
-            span.failed_again(one)
-    return span
-
-
 def recording_key(ref: RecordingRef) -> bytes:
     """A recording as the spans key it: the SHA-256 of its device, identity and listed FileSize (two
     recordings listed with the same channel, times and path but other sizes are two: review 26), never the
@@ -95,33 +88,46 @@ def recording_key(ref: RecordingRef) -> bytes:
 
 
 class TryTimes:
-    """Per recording, when each try of this run that sealed a copy the give-ups may count ended (`Since`),
-    by its raw PS item; bounded to the newest `MAX_SPANS_KEPT` recordings and `MAX_TRIES_KEPT` tries each.
-    `clock` is the station's wall clock (the scheduler's `now`), `monotonic` the monotonic clock."""
+    """Per recording, the span of this run's tries whose sealed copies the give-ups count (`FailingSpan`:
+    the first and the latest on both clocks, how many), bounded to the `MAX_SPANS_KEPT` recordings tried
+    last. `clock` is the station's wall clock (the scheduler's `now`), `monotonic` the monotonic clock."""
 
     def __init__(self, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._monotonic = monotonic
-        self._tries: dict[bytes, dict[str, Since]] = {}
+        self._spans: dict[bytes, _Tries] = {}
 
     def now(self) -> Since:
         return Since(self._clock(), self._monotonic())
 
     def tried(self, ref: RecordingRef, item: str, ended: Since) -> None:
-        """A try of `ref` that ended at `ended` sealed its raw PS as `item`."""
+        """A try of `ref` that ended at `ended` sealed its raw PS as `item`, a copy the give-ups count. The
+        tries of one recording end one after the other (one device's downloads are sequential); the same
+        item told again is one try."""
         key = recording_key(ref)
-        tries = self._tries.pop(key, None) or {}
-        self._tries[key] = tries  # the newest last
-        while len(self._tries) > MAX_SPANS_KEPT:
-            del self._tries[next(iter(self._tries))]
-        tries[item] = ended
-        while len(tries) > MAX_TRIES_KEPT:
-            del tries[next(iter(tries))]
+        tries = self._spans.pop(key, None)
+        if tries is None:
+            tries = _Tries(FailingSpan.starting(ended), item)
+        elif tries.latest_item != item:
+            tries.span.failed_again(ended)
+            tries.latest_item = item
+        self._spans[key] = tries  # the recording tried last, last
+        while len(self._spans) > MAX_SPANS_KEPT:
+            del self._spans[next(iter(self._spans))]
 
-    def of(self, ref: RecordingRef) -> Mapping[str, Since]:
-        """`ref`'s tries of this run by raw PS item (none: empty)."""
-        return self._tries.get(recording_key(ref), {})
+    def of(self, ref: RecordingRef) -> FailingSpan | None:
+        """The span of `ref`'s counted tries of this run (None: none), a copy of it."""
+        tries = self._spans.get(recording_key(ref))
+        return None if tries is None else replace(tries.span)
 
     def forget(self, ref: RecordingRef) -> None:
-        self._tries.pop(recording_key(ref), None)
+        self._spans.pop(recording_key(ref), None)
+
+
+@dataclass(slots=True)
+class _Tries:
+    """One recording's counted tries: their span, and the raw PS item of the latest (a repeat is no try)."""
+
+    span: FailingSpan
+    latest_item: str
