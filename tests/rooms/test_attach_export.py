@@ -36,6 +36,7 @@ from edge.rooms.service import RoomRefused, RoomService
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -69,13 +70,10 @@ async def agent_api(
     api = LocalApi(StatusBoard(identity={"id": STATION}, bays=[]), store, ApiSection(socket_path=socket),
                    [room_routes(service)])
     await api.start()
-    task = asyncio.create_task(service.run())
     try:
-        yield service
+        async with running(service):
+            yield service
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await api.stop()
 
 

@@ -7,9 +7,7 @@ after the agent stopped gives the composite its gap from its own last segment, l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from edge.rooms.overlay_text import OverlayLineError
 from edge.rooms.service import RoomService
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -37,17 +36,6 @@ def _service(store: StationStore, pipeline: IngestPipeline) -> RoomService:
                           pipeline, station_id=STATION)
     service.load()
     return service
-
-
-@contextlib.asynccontextmanager
-async def running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _shown(path: Path, text: str) -> None:

@@ -16,7 +16,8 @@ from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import LedgerWatch
-from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service, running
+from tests.rooms.rig import running
+from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 

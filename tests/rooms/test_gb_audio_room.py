@@ -9,12 +9,8 @@ audio gap (the control)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,6 @@ from typing import Any
 import pytest
 
 from edge.ingest.pipeline import IngestPipeline
-from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.rooms.gb_source import ns_from_wall_text
 from edge.rooms.service import RoomService
@@ -31,6 +26,7 @@ from simulators.gb28181.media import generate_recordings
 from tests.gb28181.live_env import CHANNEL, DEVICE, live_env
 from tests.prerequisites import require
 from tests.rooms.conftest import HAVE_FFMPEG, STATION, LedgerWatch, rooms_config
+from tests.rooms.rig import original, running
 
 GB_SOURCE = {"id": "gb", "name": "IPC 特写", "gb28181": {"device_id": DEVICE, "channel_id": CHANNEL}}
 FIELDS: dict[str, Any] = {"case_number": "A3301062026000888", "collector": "张三", "subject": "询问过程",
@@ -56,28 +52,6 @@ def media_with_sound(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def media_without_sound(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
     return _media(tmp_path_factory.mktemp("gb-mute") / "media", audio=False)
-
-
-@contextlib.asynccontextmanager
-async def running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _original(store: StationStore, item: str, into: Path) -> Path:
-    """The item's original bytes (the stored copy less the station's evidence box)."""
-    record = IngestRepository(store).item(item)
-    assert record is not None and record.path is not None
-    data = (store.layout.root / record.path).read_bytes()[: record.size]
-    assert hashlib.sha256(data).hexdigest() == record.sha256
-    path = into / f"{item}.mp4"
-    path.write_bytes(data)
-    return path
 
 
 def _streams(path: Path) -> dict[str, dict[str, Any]]:
@@ -141,7 +115,7 @@ async def test_a_gb_camera_s_sound_is_in_every_segment_and_the_joined_file_as_lo
     assert len(segments) >= 4 and all("partial" not in e.data for e in segments)
     assert watch.of("gap", source="gb") == []  # a camera whose sound is whole: no audio gap
     for number, entry in enumerate(segments, 1):
-        streams = _streams(_original(store, str(entry.item), tmp_path))
+        streams = _streams(original(store, str(entry.item), tmp_path))
         assert set(streams) == {"video", "audio"}, entry.data
         video, audio = streams["video"], streams["audio"]
         assert video["codec_name"] == "h264"  # stream-copied
@@ -152,13 +126,13 @@ async def test_a_gb_camera_s_sound_is_in_every_segment_and_the_joined_file_as_lo
         tolerance = 1.0 if number == len(segments) else 0.3
         assert abs(float(audio["duration"]) - float(video["duration"])) <= tolerance, (entry.data, streams)
     (joined,) = watch.of("joined", room_session=session, source="gb")
-    streams = _streams(_original(store, str(joined.item), tmp_path))
+    streams = _streams(original(store, str(joined.item), tmp_path))
     assert set(streams) == {"video", "audio"}
     video_s, audio_s = float(streams["video"]["duration"]), float(streams["audio"]["duration"])
     assert abs(audio_s - video_s) <= 1.0 + 0.15 * (len(segments) - 1), streams
     assert abs(video_s - joined.data["recorded_s"]) <= 0.5 * len(segments)
     # The camera's tone, not silence put in its place: loud throughout, no stretch of silence.
-    mean_db, silences = _silences(_original(store, str(joined.item), tmp_path))
+    mean_db, silences = _silences(original(store, str(joined.item), tmp_path))
     assert mean_db > -30 and silences == [], (mean_db, silences)
     report = verify_store(store.layout.root)
     assert report.ok, report.problems
@@ -194,12 +168,12 @@ async def test_audio_packets_dropped_are_one_gap_with_times_while_the_picture_re
     assert run_from - 2 * 10**9 <= start < end <= run_to, (data, segments[0].data)
     # The silence is in the record at its length: the sound still lasts as long as the picture.
     (joined,) = watch.of("joined", room_session=session, source="gb")
-    streams = _streams(_original(store, str(joined.item), tmp_path))
+    streams = _streams(original(store, str(joined.item), tmp_path))
     assert abs(float(streams["audio"]["duration"]) - float(streams["video"]["duration"])) <= \
         1.0 + 0.15 * (len(segments) - 1), streams
     assert joined.data["gaps"] and joined.data["gaps"][0]["reason"] == data["reason"]
     # The silence is where the sound was missing, as long as the gap says; the tone is there around it.
-    joined_path = _original(store, str(joined.item), tmp_path)
+    joined_path = original(store, str(joined.item), tmp_path)
     mean_db, silences = _silences(joined_path)
     assert mean_db > -40 and len(silences) == 1 and abs(silences[0][1] - data["silence_s"]) <= 0.2, silences
     # ... and where the picture's time line puts it: the sound is aligned with the picture. The run's
@@ -224,8 +198,8 @@ async def test_a_camera_without_sound_records_video_only_and_no_audio_gap(
     segments = watch.of("segment_sealed", room_session=session, source="gb")
     assert len(segments) >= 3
     for entry in segments:
-        assert set(_streams(_original(store, str(entry.item), tmp_path))) == {"video"}
+        assert set(_streams(original(store, str(entry.item), tmp_path))) == {"video"}
     assert watch.of("gap", source="gb") == []
     assert [e for e in watch.of("error") if e.data.get("stage") == "room gb audio"] == []
     (joined,) = watch.of("joined", room_session=session, source="gb")
-    assert set(_streams(_original(store, str(joined.item), tmp_path))) == {"video"}
+    assert set(_streams(original(store, str(joined.item), tmp_path))) == {"video"}

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,13 @@ from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, UploadsSeen, lavfi_source, rooms_config
+from tests.rooms.rig import original, running
 
 FIELDS: dict[str, Any] = {
     "case_number": "A3301062026000777", "collector": "张三", "collector_no": "012345", "subject": "询问过程",
     "persons": [{"name": "李四", "role": "被询问人"}, {"name": "王五", "role": "询问人"}],
 }
 RATE = 25
-
-
-@contextlib.asynccontextmanager
-async def running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _original(store: StationStore, item: str, into: Path) -> Path:
-    """The item's original bytes (the stored copy's first `size` bytes: the evidence box cut off)."""
-    record = IngestRepository(store).item(item)
-    assert record is not None and record.path is not None
-    data = (store.layout.root / record.path).read_bytes()[: record.size]
-    assert hashlib.sha256(data).hexdigest() == record.sha256
-    path = into / f"{item}.mp4"
-    path.write_bytes(data)
-    return path
 
 
 def _probe(path: Path) -> dict[str, Any]:
@@ -139,9 +117,9 @@ async def test_a_stop_joins_each_source_losing_no_frame_and_seals_a_statement(
         # In ledger order, each by hash.
         assert [s["item"] for s in entry.data["segments"]] == [s.item for s in segments]
         assert [s["sha256"] for s in entry.data["segments"]] == [s.data["sha256"] for s in segments]
-        joined_doc = _probe(_original(store, str(entry.item), tmp_path))
+        joined_doc = _probe(original(store, str(entry.item), tmp_path))
         frames, duration = _video(joined_doc)
-        parts = [_video(_probe(_original(store, str(s.item), tmp_path))) for s in segments]
+        parts = [_video(_probe(original(store, str(s.item), tmp_path))) for s in segments]
         assert frames == sum(f for f, _ in parts)  # no frame lost or added at a boundary
         boundaries = len(segments) - 1
         assert abs(duration - sum(d for _, d in parts)) <= boundaries / RATE + 1 / RATE
@@ -149,7 +127,7 @@ async def test_a_stop_joins_each_source_losing_no_frame_and_seals_a_statement(
         assert joined_doc["format"]["tags"]["case_number"] == FIELDS["case_number"]
         assert entry.item in uploads.items and entry.data["sha256"] == stopped["joined"][
             0 if source == "a" else 1]["sha256"]
-    audio = [s for s in _probe(_original(store, str(joined["a"].item), tmp_path))["streams"]
+    audio = [s for s in _probe(original(store, str(joined["a"].item), tmp_path))["streams"]
              if s["codec_type"] == "audio"]
     assert len(audio) == 1  # the audio stream is joined too
     statement_item = stopped["statement_item"]
@@ -259,7 +237,7 @@ async def test_a_session_resumed_after_a_gap_is_joined_unless_its_streams_change
         placed = joined[0].data["gaps"][0]
         before = [e for e in watch.of("segment_sealed", source="a") if e.seq < gap_seq]
         # Where the joined file jumps: after the video of the segments before the gap, as ffprobe reads it.
-        content_s = sum(_video(_probe(_original(store, str(e.item), tmp_path)))[1] for e in before)
+        content_s = sum(_video(_probe(original(store, str(e.item), tmp_path)))[1] for e in before)
         assert placed["from"] == gap["from"] and placed["at_s"] == pytest.approx(content_s, abs=1e-3)
         assert "位于合并文件 " in text and "合并文件不填补中断" in text
     else:

@@ -12,32 +12,16 @@ with 507) and named by nothing. Neither is evidence (the image is never sealed: 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.products import products_dir
-from edge.rooms.service import RoomService
-from tests.rooms.conftest import STATION, rooms_config
+from tests.rooms.rig import a_start
 
 SESSION = "3f1c2a9e-5b7d-4c1e-9a2b-0d4e6f8a1b2c"
 MIB = 1 << 20
-
-
-async def _a_start(store: StationStore, pipeline: IngestPipeline) -> None:
-    service = RoomService(rooms_config(), store, pipeline, station_id=STATION)
-    service.load()
-    task = asyncio.create_task(service.run())
-    try:
-        async with asyncio.timeout(120):
-            while not service._running:
-                await asyncio.sleep(0.05)
-            await asyncio.gather(*service.finishing)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_an_export_cut_short_by_a_power_cut_leaves_nothing_after_the_next_start(
@@ -51,7 +35,7 @@ async def test_an_export_cut_short_by_a_power_cut_leaves_nothing_after_the_next_
     (staging / "recordings" / "a.mp4").write_bytes(os.urandom(4 * MIB))
     image = work / f"export-{token}.iso"
     image.write_bytes(os.urandom(4 * MIB))
-    await _a_start(store, pipeline)
+    await a_start(store, pipeline)
     left = sorted(str(p.relative_to(store.layout.root)) for p in work.rglob("*")) if work.exists() else []
     # FAILS: both stay, at this start and every later one.
     assert left == [], f"left on the store after the start: {left}"

@@ -16,6 +16,7 @@ from edge.ingest.store import StationStore
 from edge.rooms.service import RoomService
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -26,16 +27,13 @@ FIELDS: dict[str, Any] = {"case_number": "A3301062026000995", "collector": "å¼ ä
 async def _agent(store: StationStore, pipeline: IngestPipeline) -> AsyncIterator[RoomService]:
     service = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
     service.load()
-    task = asyncio.create_task(service.run())
-    try:
-        while not service._running:
-            await asyncio.sleep(0.05)
-        yield service
-    finally:
-        await asyncio.gather(*service.finishing)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with running(service):
+        try:
+            while not service._running:
+                await asyncio.sleep(0.05)
+            yield service
+        finally:
+            await asyncio.gather(*service.finishing)
 
 
 async def test_start_stop_start_stop_at_once(

@@ -10,7 +10,6 @@ cache of it, and a cache that can erase what is owed is not one. Real store, pip
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 
@@ -24,11 +23,11 @@ from edge.rooms.manifest import session_manifest
 from edge.rooms.owed import INDEX_NAME, OwedIndex
 from edge.rooms.reconcile import STOP_MANIFEST_ROLE
 from edge.rooms.sealing import seal_session_file
-from edge.rooms.service import RoomService
 from edge.rooms.session import SessionState, new_session
 from edge.rooms.state import ROOMS_DIR, SessionFiles
 from edge.verify.station import verify_store
-from tests.rooms.conftest import STATION, rooms_config
+from tests.rooms.conftest import STATION
+from tests.rooms.rig import a_start
 
 FIELDS = {"case_number": "A3301062026000991", "collector": "王五", "subject": "询问过程"}
 
@@ -59,20 +58,6 @@ async def _stopped_without_products(store: StationStore, pipeline: IngestPipelin
     return session.session
 
 
-async def _a_start(store: StationStore, pipeline: IngestPipeline) -> None:
-    service = RoomService(rooms_config(), store, pipeline, station_id=STATION)
-    service.load()
-    task = asyncio.create_task(service.run())
-    try:
-        async with asyncio.timeout(120):
-            while not service._running:
-                await asyncio.sleep(0.05)
-            await asyncio.gather(*service.finishing)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def _products_of(store: StationStore, session: str) -> list[int]:
     return [e.seq for e in store.ledger.entries_of_types([EntryType.ROOM_PRODUCTS])
             if e.data.get("room_session") == session]
@@ -83,7 +68,7 @@ async def test_control_an_owed_session_gets_its_products_at_the_next_start(
 ) -> None:
     session = await _stopped_without_products(store, pipeline)
     assert session in OwedIndex(store.layout.root, store.ledger).refresh()  # the index saved, owing it
-    await _a_start(store, pipeline)
+    await a_start(store, pipeline)
     assert _products_of(store, session)
 
 
@@ -96,8 +81,8 @@ async def test_an_index_forged_with_its_anchor_kept_cannot_erase_owed_products(
     doc = json.loads(index.read_bytes())
     # The anchor (to_seq, to_hash) is the ledger's own, readable there; only what is owed is removed.
     write_atomic(index, json.dumps({**doc, "owed": {}}).encode())
-    await _a_start(store, pipeline)
-    await _a_start(store, pipeline)
+    await a_start(store, pipeline)
+    await a_start(store, pipeline)
     made = _products_of(store, session)
     report = verify_store(store.layout.root)
     # FAILS: no start makes them (the forged index says nothing is owed), and edge verify only notes it.
@@ -115,13 +100,13 @@ async def test_an_index_entry_cannot_make_one_sessions_products_from_anothers_ma
     other = await _stopped_without_products(store, pipeline)
     owed = OwedIndex(store.layout.root, store.ledger).refresh()
     theirs = owed[other].item
-    await _a_start(store, pipeline)  # both made, as owed
+    await a_start(store, pipeline)  # both made, as owed
     assert _products_of(store, first) and _products_of(store, other)
     index = store.layout.root / ROOMS_DIR / INDEX_NAME
     doc = json.loads(index.read_bytes())
     assert doc["owed"] == {}
     write_atomic(index, json.dumps({**doc, "owed": {first: owed[other].to_dict()}}).encode())
-    await _a_start(store, pipeline)
+    await a_start(store, pipeline)
     crossed = [e.seq for e in store.ledger.entries_of_types([EntryType.ROOM_PRODUCTS])
                if e.data.get("room_session") == first and e.data.get("manifest_item") == theirs]
     # FAILS: session `first` gets products (a statement sealed as its item) made from `other`'s manifest.

@@ -11,7 +11,6 @@ with that export. Real ffmpeg, xorriso, service, store, pipeline and ledger.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -30,6 +29,7 @@ from edge.rooms.state import SessionFiles
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -45,13 +45,8 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def _agent(store: StationStore, pipeline: IngestPipeline) -> AsyncIterator[RoomService]:
     service = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
     service.load()
-    task = asyncio.create_task(service.run())
-    try:
+    async with running(service):
         yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.parametrize("file_edited", [False, True])

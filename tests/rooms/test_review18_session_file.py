@@ -16,10 +16,7 @@ tests/rooms/test_service.py. Control (no edit): the session is resumed and its m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,22 +28,12 @@ from edge.ingest.store import StationStore
 from edge.rooms.service import RoomService
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
 FIELDS: dict[str, Any] = {"case_number": "A3301062026000123", "collector": "张三", "subject": "询问过程",
                           "persons": [{"name": "李四", "role": "被询问人"}]}
-
-
-@contextlib.asynccontextmanager
-async def running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _service(store: StationStore, pipeline: IngestPipeline) -> RoomService:

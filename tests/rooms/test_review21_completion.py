@@ -28,8 +28,9 @@ from edge.ingest.store import StationStore
 from edge.rooms.service import RoomService
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import LedgerWatch
+from tests.rooms.rig import running
 from tests.rooms.test_finish_stopped import _item_bytes
-from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service, running
+from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 

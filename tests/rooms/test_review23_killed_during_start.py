@@ -24,7 +24,8 @@ from edge.custody.ledger import EntryType, LedgerEntry
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from tests.rooms.conftest import LedgerWatch
-from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service, running
+from tests.rooms.rig import running
+from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 

@@ -8,8 +8,6 @@ attaches within the limits, on the same session and route. Real service, pipelin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,6 +16,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.service import RoomRefused, RoomService
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import _session
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
@@ -37,8 +36,7 @@ async def test_a_session_takes_documents_up_to_its_count_and_bytes(
     config = rooms_config(lavfi_source("a"), max_documents_per_session=3, max_document_bytes_per_session=MIB)
     service = RoomService(config, store, pipeline, station_id=STATION)
     service.load()
-    task = asyncio.create_task(service.run())
-    try:
+    async with running(service):
         session = await _session(service, watch)
         await service.attach(session, _chunks(PDF), kind="笔录", name="1.pdf", by="op")  # control
         big = PDF + b"%" + bytes(600 * 1024) + b"\n"
@@ -60,10 +58,6 @@ async def test_a_session_takes_documents_up_to_its_count_and_bytes(
         assert [e.data["name"] for e in attached] == ["1.pdf", "2.pdf", "3.pdf"]
         assert len(watch.of("refused", action="attach")) == 2
         assert not list((store.layout.root / "rooms" / "products").rglob("document-*"))  # nothing kept
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def test_the_limits_are_validated() -> None:

@@ -26,8 +26,8 @@ from edge.ingest.store import StationStore
 from edge.rooms.service import RoomRefused, RoomService
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
-from tests.rooms.test_verify_joined import _running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -57,7 +57,7 @@ async def test_a_camera_that_changed_its_picture_size_still_gives_the_session_a_
         source = {"id": "a", "name": "camera a", "codec": "copy", "input": [{"url": f"tcp://127.0.0.1:{port}"}]}
         service = RoomService(rooms_config(source), store, pipeline, station_id=STATION)
         service.load()
-        async with _running(service):
+        async with running(service):
             session = await service.start("xw-1", FIELDS, by="op")
             await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 3, timeout_s=90)
             if changed:  # the camera reboots with another profile

@@ -22,8 +22,8 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.service import RoomService
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
-from tests.rooms.test_verify_joined import _running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -51,7 +51,7 @@ async def test_a_camera_faster_than_real_time_does_not_hold_up_the_stop(
                   "input": [{"url": f"tcp://127.0.0.1:{unused_tcp_port}"}]}
         service = RoomService(rooms_config(source), store, pipeline, station_id=STATION)
         service.load()
-        async with _running(service):
+        async with running(service):
             await service.start("xw-1", FIELDS, by="op")
             await watch.until(lambda: watch.of("segment_sealed", source="a"), timeout_s=90)
             await asyncio.sleep(RUN_S)

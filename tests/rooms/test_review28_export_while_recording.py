@@ -24,9 +24,9 @@ from edge.ingest.store import StationStore
 from edge.rooms.export import space_needed
 from edge.rooms.service import RoomRefused, RoomService
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
 from tests.rooms.test_review25_export_space import _leave_free, small_disk, xorriso
-from tests.rooms.test_verify_joined import _running
 
 __all__ = ["small_disk", "xorriso"]  # fixtures, imported to be used here
 
@@ -44,7 +44,7 @@ async def test_an_export_keeps_the_room_a_recording_session_started_with(small_d
         service = RoomService(rooms_config(lavfi_source("a"), start_min_free_bytes=ROOM_NEEDS), store,
                               pipeline, station_id=STATION)
         service.load()
-        async with _running(service):
+        async with running(service):
             morning = (await service.start("xw-1", FIELDS, by="op")).session
             await watch.until(lambda: len(watch.of("segment_sealed", room_session=morning)) >= 2,
                               timeout_s=90)

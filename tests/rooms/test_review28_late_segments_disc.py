@@ -39,7 +39,8 @@ from edge.verify.room_products import left_out_problems
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import LedgerWatch
-from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service, running
+from tests.rooms.rig import running
+from tests.rooms.test_review18_unsealed_at_stop import FIELDS, _service
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 

@@ -22,8 +22,8 @@ from edge.ingest.store import StationStore
 from edge.rooms.service import RoomRefused, RoomService
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
-from tests.rooms.test_verify_joined import _running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -38,7 +38,7 @@ async def test_a_source_that_recorded_nothing_leaves_the_rest_of_the_session_a_d
     b = lavfi_source("b") if b_there else absent
     service = RoomService(rooms_config(lavfi_source("a"), b), store, pipeline, station_id=STATION)
     service.load()
-    async with _running(service):
+    async with running(service):
         session = (await service.start("xw-1", FIELDS, by="op")).session
         await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 3, timeout_s=90)
         if b_there:

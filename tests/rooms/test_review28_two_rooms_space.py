@@ -19,9 +19,9 @@ from edge.ingest.store import StationStore
 from edge.rooms.export import space_needed
 from edge.rooms.service import RoomRefused, RoomService
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
 from tests.rooms.test_review25_export_space import _leave_free, small_disk, xorriso
-from tests.rooms.test_verify_joined import _running
 
 __all__ = ["small_disk", "xorriso"]  # fixtures, imported to be used here
 
@@ -59,7 +59,7 @@ async def _start(service: RoomService, room: str) -> str | None:
 async def test_a_start_keeps_the_room_of_each_room_recording(small_disk: Path) -> None:
     store, watch, _, service = _service(small_disk)
     try:
-        async with _running(service):
+        async with running(service):
             _leave_free(small_disk, ROOM_NEEDS * 3 // 2)
             first = await _start(service, "xw-1")  # control: one room's worth is there
             _leave_free(small_disk, ROOM_NEEDS * 3 // 2)
@@ -81,7 +81,7 @@ async def test_a_start_keeps_the_room_of_each_room_recording(small_disk: Path) -
 async def test_an_export_keeps_the_room_of_each_room_recording(small_disk: Path) -> None:
     store, watch, pipeline, service = _service(small_disk)
     try:
-        async with _running(service):
+        async with running(service):
             morning = (await service.start("xw-1", FIELDS, by="op")).session
             await watch.until(lambda: len(watch.of("segment_sealed", room_session=morning)) >= 2,
                               timeout_s=90)

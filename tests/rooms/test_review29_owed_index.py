@@ -11,7 +11,6 @@ controls: those reads are the whole ledger's). A damaged manifest is on the ledg
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from edge.rooms.session import SessionState, new_session
 from edge.rooms.state import ROOMS_DIR, SessionFiles
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
+from tests.rooms.rig import a_start
 
 SESSIONS = 150
 FILLER = 1500  # items sealed at the docking bays meanwhile
@@ -154,21 +154,6 @@ async def _stopped_session_with_a_damaged_manifest(store: StationStore,
     return session.session, item
 
 
-async def _a_start(store: StationStore, pipeline: IngestPipeline) -> RoomService:
-    service = RoomService(rooms_config(), store, pipeline, station_id=STATION)
-    service.load()
-    task = asyncio.create_task(service.run())
-    try:
-        async with asyncio.timeout(120):
-            while not service._running:
-                await asyncio.sleep(0.05)
-            await asyncio.gather(*service.finishing)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    return service
-
-
 async def test_a_damaged_manifest_is_recorded_once_and_still_shown(
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
 ) -> None:
@@ -178,11 +163,11 @@ async def test_a_damaged_manifest_is_recorded_once_and_still_shown(
         return [e for e in watch.of("error", room_session=session) if "products cannot be made" in
                 str(e.data.get("reason"))]
 
-    first = await _a_start(store, pipeline)
+    first = await a_start(store, pipeline)
     assert len(errors()) == 1, errors()  # control: the start does put it on the ledger
     assert "no longer gives the hash" in str(errors()[0].data["reason"])
     for _ in range(2):
-        again = await _a_start(store, pipeline)
+        again = await a_start(store, pipeline)
         assert len(errors()) == 1, errors()  # FAILED before: one more at every start
         (shown,) = again.status()["products_problems"]
         assert shown["room_session"] == session and "no longer gives the hash" in shown["problem"]

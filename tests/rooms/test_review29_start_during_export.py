@@ -20,8 +20,8 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.rooms.service import RoomRefused, RoomService
 from tests.rooms.conftest import STATION, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
-from tests.rooms.test_verify_joined import _running
 
 MIB = 1 << 20
 ROOM_NEEDS = 24 * MIB
@@ -36,7 +36,7 @@ async def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, in_
         service = RoomService(rooms_config(lavfi_source("a"), start_min_free_bytes=ROOM_NEEDS), store,
                               pipeline, station_id=STATION)
         service.load()
-        async with _running(service):
+        async with running(service):
             try:
                 await service.start("xw-1", FIELDS, by="op")
             except RoomRefused as exc:

@@ -11,9 +11,6 @@ Pure tests of the rule, then the split case end to end (real ffmpeg, service, st
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,6 +33,7 @@ from edge.verify.room_products import export_problems, session_set_findings
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 from tests.rooms.test_verify_joined import _session_with_three_segments
 
 A, B, C = "seg-a", "seg-b", "seg-c"
@@ -120,17 +118,6 @@ def test_a_disc_must_carry_the_newest_set_of_its_time() -> None:
     assert problems == [] and any("export it again" in n for n in notes), notes
 
 
-@contextlib.asynccontextmanager
-async def _running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _products_made_again(store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch,
                                session_id: str) -> RoomService:
     """Seal a completed manifest of the stopped session (as the next start does after a late segment),
@@ -148,7 +135,7 @@ async def _products_made_again(store: StationStore, pipeline: IngestPipeline, wa
     assert item is not None
     service = RoomService(rooms_config(lavfi_source("a", audio=True)), store, pipeline, station_id=STATION)
     service.load()
-    async with _running(service):
+    async with running(service):
         await watch.until(lambda: len(watch.of("room_products", room_session=session_id)) >= 2,
                           timeout_s=180)
     (made,) = [e for e in watch.of("room_products", room_session=session_id)

@@ -6,13 +6,11 @@ with the interruption on the ledger."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +31,12 @@ from edge.rooms.session import SessionState
 from edge.rooms.state import SessionFiles
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
 FIELDS: dict[str, Any] = {"case_number": "A3301062026000123", "collector": "张三", "subject": "询问过程",
           "persons": [{"name": "李四", "role": "被询问人"}, {"name": "王五", "role": "询问人"}]}
-
-
-@contextlib.asynccontextmanager
-async def running(service: RoomService) -> AsyncIterator[RoomService]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _service(store: StationStore, pipeline: IngestPipeline) -> RoomService:

@@ -12,7 +12,8 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import LedgerWatch
-from tests.rooms.test_review18_session_file import FIELDS, _service, running
+from tests.rooms.rig import running
+from tests.rooms.test_review18_session_file import FIELDS, _service
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 

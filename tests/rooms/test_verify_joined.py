@@ -4,8 +4,6 @@ while a true join verifies (the control)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from edge.verify.joined import SealedFacts, joined_entry_problems
 from edge.verify.room_products import left_out_problems
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
+from tests.rooms.rig import running
 
 FIELDS: dict[str, Any] = {"case_number": "A3301062026000778", "collector": "张三", "collector_no": "012345",
                           "subject": "询问过程"}
@@ -95,22 +94,11 @@ def test_a_segment_sealed_late_stands_where_it_was_recorded() -> None:
     assert "out of the order" in problems("r2-0", "r1-0", "r1-1", "r1-2")  # runs swapped
 
 
-@contextlib.asynccontextmanager
-async def _running(service: RoomService) -> Any:
-    task = asyncio.create_task(service.run())
-    try:
-        yield service
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _session_with_three_segments(store: StationStore, pipeline: IngestPipeline,
                                        watch: LedgerWatch) -> str:
     service = RoomService(rooms_config(lavfi_source("a", audio=True)), store, pipeline, station_id=STATION)
     service.load()
-    async with _running(service):
+    async with running(service):
         session = await service.start("xw-1", FIELDS, by="op")
         await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 3, timeout_s=120)
         await service.stop("xw-1", by="op")

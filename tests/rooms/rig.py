@@ -1,0 +1,57 @@
+"""Shared steps of the room service tests: the service run as a task, one start that finishes its
+catch-up, an item's original bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.repository import IngestRepository
+from edge.ingest.store import StationStore
+from edge.rooms.service import RoomService
+from tests.rooms.conftest import STATION, rooms_config
+
+
+@contextlib.asynccontextmanager
+async def running(service: RoomService) -> AsyncIterator[RoomService]:
+    """The service's `run` as a task for the block, cancelled and awaited after it."""
+    task = asyncio.create_task(service.run())
+    try:
+        yield service
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def a_start(store: StationStore, pipeline: IngestPipeline) -> RoomService:
+    """One start of the agent (the default one-room config) that runs until it is up and has finished
+    what it owed (its catch-up), then stops."""
+    service = RoomService(rooms_config(), store, pipeline, station_id=STATION)
+    service.load()
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(120):
+            while not service._running:
+                await asyncio.sleep(0.05)
+            await asyncio.gather(*service.finishing)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return service
+
+
+def original(store: StationStore, item: str, into: Path) -> Path:
+    """The item's original bytes (the stored copy's first `size` bytes: the evidence box cut off), checked
+    against its recorded hash and written to `into/<item>.mp4`."""
+    record = IngestRepository(store).item(item)
+    assert record is not None and record.path is not None
+    data = (store.layout.root / record.path).read_bytes()[: record.size]
+    assert hashlib.sha256(data).hexdigest() == record.sha256
+    path = into / f"{item}.mp4"
+    path.write_bytes(data)
+    return path
