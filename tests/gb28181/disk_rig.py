@@ -13,27 +13,37 @@ docking as a retry begins, gone by the next pass). `StalledDisk`: a write stuck 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import edge.gb28181.media as media_module
 import edge.sources.gb28181.downloads as downloads_module
 from drivers.gb28181.ps import Codec
-from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaOutcome, MediaTransport, receiver_keeping_free
+from edge.custody.ledger import EntryType
+from edge.gb28181.media import (
+    FLUSH_BYTES,
+    EndReason,
+    MediaOutcome,
+    MediaReceiver,
+    MediaTransport,
+    receiver_keeping_free,
+)
 from edge.gb28181.sessions import EndReason as SessionEnd
 from edge.gb28181.sessions import SessionResult
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
-from edge.sources.gb28181.downloads import StartDownload
+from edge.sources.gb28181.downloads import GIVEN_UP_STAGE, StartDownload
 from edge.sources.gb28181.give_up_span import TryTimes
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
-from edge.sources.gb28181.scheduler import completeness
+from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
 from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
 from tests.gb28181.test_source_downloads import CASE, DEVICE
@@ -52,6 +62,15 @@ def long_stream(folder: Path, ssrc: int) -> tuple[int, list[bytes]]:
     size = sum(len(p) for p, _ in packs)
     assert size > 16 * FLUSH_BYTES, "the stream must outlast many of the guard's looks at the disk"
     return size, rtp_packets(packs, ssrc=ssrc)
+
+
+def repeated_recording(folder: Path, times: int, ssrc: int) -> list[bytes]:
+    """RECORDING's 3 s `times` over as RTP packets (its PTS restart each time, which the receiver only
+    counts): a stream longer than the receiver's write buffer holds past a stall."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    packs = ps_packs(make_source(folder, Codec.H264, seconds=EXPECTED_S)) * times
+    assert sum(len(p) for p, _ in packs) > 4 * FLUSH_BYTES, "more than the write buffer holds past a stall"
+    return rtp_packets(packs, ssrc=ssrc)
 
 
 def short_recording(folder: Path, ssrc: int) -> list[bytes]:
@@ -247,3 +266,35 @@ class StalledDisk:
 
 
 STALL_BOUND_S = 120.0  # a stalled write released by no test fails rather than hang the run
+
+
+def given_up_reasons(downloads: GbDownloads) -> list[str]:
+    """The reasons of the given-up entries on the downloads' ledger."""
+    return [str(e.data.get("reason")) for e in downloads.pipeline.store.ledger.entries()
+            if e.type == EntryType.ERROR and e.data.get("stage") == GIVEN_UP_STAGE]
+
+
+async def udp_receiver(raw_path: Path, *, ports: tuple[int, int], ssrc: int) -> MediaReceiver:
+    """A UDP receiver (guard on) whose write buffer is the least allowed (2 x FLUSH_BYTES): a stalled disk
+    soon outlasts it."""
+    return await receiver_keeping_free(1)(
+        MediaTransport.UDP, bind_host="127.0.0.1", port_range=ports, ssrc=ssrc, raw_path=raw_path,
+        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
+        time_limit_s=None, progress_window_s=None, min_progress_s=None, max_buffered_bytes=2 * FLUSH_BYTES)
+
+
+async def receiver_ended(receiver: MediaReceiver, bound_s: float = 60.0) -> None:
+    """Until the receiver has ended (datagrams already sent may still be on their way to it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while receiver.ended is None:
+        assert loop.time() < deadline, "the stall outlasted the write buffer, yet the session went on"
+        await asyncio.sleep(0.01)
+
+
+def as_scheduled(result: SessionResult, ref: RecordingRef) -> tuple[str | None, dict[str, object]]:
+    """The scheduler's own classification of a session's end (`_interruption`: DEVICE online, the station
+    not stopping) and its `completeness` verdict on the copy."""
+    scheduler = SimpleNamespace(platform=SimpleNamespace(registry={DEVICE: SimpleNamespace(online=True)}))
+    interrupted = GbDownloadScheduler._interruption(scheduler, DEVICE, result)  # type: ignore[arg-type]
+    return interrupted, completeness(result, ref, EXPECTED_S)

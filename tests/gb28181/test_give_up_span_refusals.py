@@ -18,37 +18,37 @@ Controls: the same refusals spread over 48 h give the recording up."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-import edge.gb28181.media as media_module
-from drivers.gb28181.ps import Codec
-from edge.custody.ledger import EntryType
-from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaReceiver, MediaTransport, receiver_keeping_free
+from edge.gb28181.media import FLUSH_BYTES, EndReason
 from edge.gb28181.sessions import EndReason as SessionEnd
 from edge.gb28181.sessions import SessionResult
 from edge.sources.gb28181 import RecordingRef, Transfer
 from edge.sources.gb28181.downloads import (
     FAILED_GIVE_UP_AFTER_S,
-    GIVEN_UP_STAGE,
     MAX_FAILED_PASSES,
     MAX_INTERRUPTED_ATTEMPTS,
     FailedPasses,
-    GbDownloads,
 )
 from edge.sources.gb28181.give_up_span import FailingSpan, Since, TryTimes
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_SLOW
-from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
-from tests.gb28181.disk_rig import EXPECTED_S, PassClock, StalledDisk, new_spool, station_downloads
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_udp
+from tests.gb28181.disk_rig import (
+    PassClock,
+    StalledDisk,
+    as_scheduled,
+    given_up_reasons,
+    new_spool,
+    receiver_ended,
+    repeated_recording,
+    station_downloads,
+    udp_receiver,
+)
+from tests.gb28181.media_sender import send_udp
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review28_quota_disk_full_loop import SpoolQuota
-from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
-from tests.gb28181.test_source_downloads import DEVICE
-from tests.prerequisites import require
+from tests.gb28181.test_review28_quota_disk_full_loop import quota_passes
+from tests.gb28181.test_review28_tight_retry_cut_again import stream
 
 __all__ = ["stream"]  # review 28's module fixture: its long recording
 
@@ -59,21 +59,13 @@ UDP_PORTS = (39300, 39399)
 UDP_SSRC = 1100000610
 
 
-def _given_up_reasons(downloads: GbDownloads) -> list[str]:
-    return [str(e.data.get("reason")) for e in downloads.pipeline.store.ledger.entries()
-            if e.type == EntryType.ERROR and e.data.get("stage") == GIVEN_UP_STAGE]
-
-
 # -- 1. the quota's stuck copies ------------------------------------------------------------------------
 
 
 async def test_refusals_for_3_hours_then_46_hours_without_a_try_give_nothing_up(
         tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     _size, packets = stream
-    spool = new_spool(tmp_path)
-    monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, QUOTA))
-    device = honest_device(packets)
-    clock = PassClock()
+    spool, device, clock = quota_passes(tmp_path, packets, monkeypatch, QUOTA)
     async with station_downloads(tmp_path, spool, device.start_download, clock=clock) as downloads:
         # eleven refusals 20 minutes apart: ten copies stuck at the first one's byte, over three hours
         for _ in range(MAX_INTERRUPTED_ATTEMPTS + 1):
@@ -81,12 +73,12 @@ async def test_refusals_for_3_hours_then_46_hours_without_a_try_give_nothing_up(
             clock.advance(MINUTES_20)
         clock.advance(46 * HOURS)  # the device offline, the station idle: no try at all
         after_pause = await downloads.download([RECORDING])
-        given_up_after_pause = _given_up_reasons(downloads)
+        given_up_after_pause = given_up_reasons(downloads)
         tries_after_pause = len(device.received)
         # Control: that try was refused again, 49 h after the first stuck one: the refusals span 48 h.
         clock.advance(MINUTES_20)
         last = await downloads.download([RECORDING])
-        given_up_at_last = _given_up_reasons(downloads)
+        given_up_at_last = given_up_reasons(downloads)
     assert set(device.ended) == {EndReason.DISK_FULL}, device.ended  # the fault as modelled: the quota
     assert after_pause.given_up == [] and given_up_after_pause == [], (
         f"ten copies were refused at the same byte over three hours, then no try was made for 46 hours; the "
@@ -102,12 +94,7 @@ async def test_refusals_for_3_hours_then_46_hours_without_a_try_give_nothing_up(
 
 @pytest.fixture(scope="module")
 def udp_stream(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
-    # The recording over again (its PTS restart each time, which the receiver only counts): longer than the
-    # receiver's write buffer holds past a stall.
-    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=EXPECTED_S)) * 24
-    assert sum(len(p) for p, _ in packs) > 4 * FLUSH_BYTES, "more than the write buffer holds past a stall"
-    return rtp_packets(packs, ssrc=UDP_SSRC)
+    return repeated_recording(tmp_path_factory.mktemp("src"), 24, UDP_SSRC)
 
 
 class SlowDiskDevice:
@@ -122,14 +109,10 @@ class SlowDiskDevice:
     async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
         disk = StalledDisk()
         disk.install(self.monkeypatch)
-        receiver = await receiver_keeping_free(1)(
-            MediaTransport.UDP, bind_host="127.0.0.1", port_range=UDP_PORTS, ssrc=UDP_SSRC, raw_path=raw_path,
-            idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-            time_limit_s=None, progress_window_s=None, min_progress_s=None,
-            max_buffered_bytes=2 * FLUSH_BYTES)
+        receiver = await udp_receiver(raw_path, ports=UDP_PORTS, ssrc=UDP_SSRC)
         try:
             await send_udp(self.packets, receiver.local_port, pace_every=16, pace_s=0.005)
-            await _ended(receiver)
+            await receiver_ended(receiver)
         finally:
             disk.release()
         outcome = await receiver.close()
@@ -137,21 +120,10 @@ class SlowDiskDevice:
         result = SessionResult(call_id=f"{len(self.ended)}@station", end_reason=SessionEnd.FILE_END,
                                ssrc_offered=UDP_SSRC, ssrc_answered=UDP_SSRC, ssrc_answer_text=str(UDP_SSRC),
                                ssrc_used=UDP_SSRC, file_size_bytes=None, outcome=outcome)
-        scheduler = SimpleNamespace(platform=SimpleNamespace(registry={DEVICE: SimpleNamespace(online=True)}))
-        check = completeness(result, ref, EXPECTED_S)
-        interrupted = GbDownloadScheduler._interruption(scheduler, DEVICE, result)  # type: ignore[arg-type]
+        interrupted, check = as_scheduled(result, ref)
         if interrupted is not None and not check["complete"]:
             check["interrupted"] = interrupted
         return Transfer(outcome, {**result.facts(), **check})
-
-
-async def _ended(receiver: MediaReceiver, bound_s: float = 60.0) -> None:
-    """Until the receiver has ended (datagrams already sent may still be on their way to it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while receiver.ended is None:
-        assert loop.time() < deadline, "the stall outlasted the write buffer, yet the session went on"
-        await asyncio.sleep(0.01)
 
 
 async def _slow_disk_passes(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch,
@@ -166,7 +138,7 @@ async def _slow_disk_passes(tmp_path: Path, packets: list[bytes], monkeypatch: p
             await downloads.download([RECORDING])
             clock.advance(every_s)
         last = await downloads.download([RECORDING])
-        reasons = _given_up_reasons(downloads)
+        reasons = given_up_reasons(downloads)
     assert device.ended[:MAX_INTERRUPTED_ATTEMPTS] == [EndReason.DISK_SLOW] * MAX_INTERRUPTED_ATTEMPTS, (
         device.ended)  # the fault as modelled: the disk falling behind at every try
     return device, last.given_up, reasons

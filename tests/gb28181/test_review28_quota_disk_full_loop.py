@@ -48,16 +48,23 @@ class SpoolQuota:
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
 
+def quota_passes(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch,
+                 quota: int | None) -> tuple[Path, HonestDevice, PassClock]:
+    """The rig of passes under a quota: the spool (its file system's quota `quota` behind the receiver's
+    `_write_all`, when given), the review 28 device streaming `packets`, the station's clocks."""
+    spool = new_spool(tmp_path)
+    if quota is not None:
+        monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, quota))
+    return spool, honest_device(packets), PassClock()
+
+
 async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
                   quota: int | None) -> tuple[HonestDevice, int, list[tuple[int, int]]]:
     """PASSES passes over RECORDING: the device, the items sealed, and each raw PS manifest's (`bytes`
     received, `bytes_written`)."""
     _size, packets = stream
-    spool = new_spool(tmp_path)
-    if quota is not None:
-        monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, quota))
-    device = honest_device(packets)
-    clock = PassClock()  # passes 6 h apart: the stuck copies' give-up needs them over 48 h (review 33)
+    spool, device, clock = quota_passes(tmp_path, packets, monkeypatch, quota)
+    # passes 6 h apart: the stuck copies' give-up needs them over 48 h (review 33)
     async with station_downloads(tmp_path, spool, device.start_download, clock=clock) as downloads:
         for _ in range(PASSES):
             await downloads.download([RECORDING])

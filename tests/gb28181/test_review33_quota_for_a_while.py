@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import edge.gb28181.media as media_module
-from edge.custody.ledger import EntryType
 from edge.gb28181.media import FLUSH_BYTES, EndReason
-from edge.sources.gb28181.downloads import FAILED_GIVE_UP_AFTER_S, GIVEN_UP_STAGE, MAX_INTERRUPTED_ATTEMPTS
-from tests.gb28181.disk_rig import PassClock, new_spool, station_downloads
+from edge.sources.gb28181.downloads import FAILED_GIVE_UP_AFTER_S, MAX_INTERRUPTED_ATTEMPTS
+from tests.gb28181.disk_rig import given_up_reasons, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review28_quota_disk_full_loop import SpoolQuota
-from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
+from tests.gb28181.test_review28_quota_disk_full_loop import quota_passes
+from tests.gb28181.test_review28_tight_retry_cut_again import stream
 
 __all__ = ["stream"]  # review 28's module fixture: its long recording
 
@@ -41,16 +39,12 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
     """PASSES passes over RECORDING under the quota, the station's clocks `every_s` apart (the wall clock
     `wall_every_s`, when given): how many downloads were made, and the reasons of the given-up entries."""
     _size, packets = stream
-    spool = new_spool(tmp_path)
-    monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, QUOTA))
-    device = honest_device(packets)
-    clock = PassClock()
+    spool, device, clock = quota_passes(tmp_path, packets, monkeypatch, QUOTA)
     async with station_downloads(tmp_path, spool, device.start_download, clock=clock) as downloads:
         for _ in range(PASSES):
             await downloads.download([RECORDING])
             clock.advance(every_s, wall_s=wall_every_s)
-        given_up = [str(e.data.get("reason")) for e in downloads.pipeline.store.ledger.entries()
-                    if e.type == EntryType.ERROR and e.data.get("stage") == GIVEN_UP_STAGE]
+        given_up = given_up_reasons(downloads)
     assert set(device.ended) == {EndReason.DISK_FULL}, device.ended  # the fault as modelled: the quota
     assert all(refused == "EDQUOT" for refused, _free in device.refused), device.refused
     return len(device.received), given_up

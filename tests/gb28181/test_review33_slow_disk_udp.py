@@ -17,32 +17,22 @@ span 48 h (issue 10's last review: test_give_up_span_refusals)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from drivers.gb28181.ps import Codec
 from edge.gb28181.media import (
-    FLUSH_BYTES,
     EndReason,
     MediaOutcome,
-    MediaReceiver,
-    MediaTransport,
-    receiver_keeping_free,
 )
 from edge.gb28181.sessions import EndReason as SessionEnd
 from edge.gb28181.sessions import SessionResult
 from edge.sources.gb28181.downloads import MAX_INCOMPLETE_ATTEMPTS, MAX_INTERRUPTED_ATTEMPTS, given_up_because
 from edge.sources.gb28181.give_up_span import FailingSpan, Since, TryTimes
 from edge.sources.gb28181.recordings import SealedDownload
-from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
-from tests.gb28181.disk_rig import EXPECTED_S, StalledDisk
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_udp
+from tests.gb28181.disk_rig import StalledDisk, as_scheduled, receiver_ended, repeated_recording, udp_receiver
+from tests.gb28181.media_sender import send_udp
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_source_downloads import DEVICE
-from tests.prerequisites import require
 
 PORTS = (39200, 39299)
 SSRC = 1100000533
@@ -51,11 +41,7 @@ STATION_SLOW = "disk-slow"  # the interruption's reason on the ledger (edge.sour
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
-    # The recording over again (its PTS restart each time, which the receiver only counts): a long stream.
-    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=EXPECTED_S)) * 32
-    assert sum(len(p) for p, _ in packs) > 4 * FLUSH_BYTES, "more than the write buffer holds past a stall"
-    return rtp_packets(packs, ssrc=SSRC)
+    return repeated_recording(tmp_path_factory.mktemp("src"), 32, SSRC)
 
 
 async def _udp_download(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch, *,
@@ -66,37 +52,23 @@ async def _udp_download(tmp_path: Path, packets: list[bytes], monkeypatch: pytes
     disk.install(monkeypatch)
     if not stalled:
         disk.release()
-    receiver = await receiver_keeping_free(1)(
-        MediaTransport.UDP, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=tmp_path / "rec.ps",
-        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-        time_limit_s=None, progress_window_s=None, min_progress_s=None, max_buffered_bytes=2 * FLUSH_BYTES)
+    receiver = await udp_receiver(tmp_path / "rec.ps", ports=PORTS, ssrc=SSRC)
     try:
         await send_udp(packets, receiver.local_port, pace_every=16, pace_s=0.005)  # about 4 MB/s
         if stalled:
-            await _ended(receiver)
+            await receiver_ended(receiver)
     finally:
         disk.release()
     return await receiver.close()
 
 
-async def _ended(receiver: MediaReceiver, bound_s: float = 60.0) -> None:
-    """Until the receiver has ended (datagrams already sent may still be on their way to it)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while receiver.ended is None:
-        assert loop.time() < deadline, "the stall outlasted the write buffer, yet the session went on"
-        await asyncio.sleep(0.01)
-
-
 def _scheduled(outcome: MediaOutcome) -> tuple[str | None, dict[str, object]]:
     """The scheduler's own classification (device online, station not stopping) and verdict, the session
     ended by the device's MediaStatus 121."""
-    scheduler = SimpleNamespace(platform=SimpleNamespace(registry={DEVICE: SimpleNamespace(online=True)}))
     result = SessionResult(call_id="review33-3@station", end_reason=SessionEnd.FILE_END, ssrc_offered=SSRC,
                            ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
                            file_size_bytes=None, outcome=outcome)
-    interrupted = GbDownloadScheduler._interruption(scheduler, DEVICE, result)  # type: ignore[arg-type]
-    return interrupted, completeness(result, RECORDING, EXPECTED_S)
+    return as_scheduled(result, RECORDING)
 
 
 async def test_a_udp_download_outrunning_a_stalled_disk_is_the_stations_interruption(
