@@ -1,5 +1,5 @@
 """Shared steps of the room service tests: the service run as a task, one start that finishes its
-catch-up, an item's original bytes."""
+catch-up, a session's signed manifest sealed, an item's original bytes."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from edge.custody.canonical import canonical_json
+from edge.custody.manifest import sign_manifest
+from edge.durable.files import write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
+from edge.rooms.manifest import session_manifest
+from edge.rooms.sealing import seal_session_file
 from edge.rooms.service import RoomService
+from edge.rooms.session import RoomSession
 from tests.rooms.conftest import STATION, rooms_config
 
 
@@ -43,6 +49,23 @@ async def a_start(store: StationStore, pipeline: IngestPipeline) -> RoomService:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return service
+
+
+async def sealed_manifest(store: StationStore, pipeline: IngestPipeline, session: RoomSession, *, role: str,
+                          name: str) -> str:
+    """The session's manifest (its ledger entries from its start; source "a", stopped by "op") signed with
+    the station's key, written as `name` in the store's root, sealed as `role` and the file removed: the
+    sealed item."""
+    manifest = sign_manifest(session_manifest(session, list(store.ledger.entries(session.started_seq or 1)),
+                                              station_id=STATION, sources=[("a", "source a")],
+                                              stopped_by="op"), store.key)
+    path = store.layout.root / name
+    write_atomic(path, canonical_json(manifest))
+    item = await seal_session_file(pipeline, path, session=session, role=role,
+                                   station_id=STATION, clock_synchronised=True)
+    path.unlink()
+    assert item is not None
+    return item
 
 
 def original(store: StationStore, item: str, into: Path) -> Path:

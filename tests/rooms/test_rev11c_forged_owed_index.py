@@ -13,21 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType
-from edge.custody.manifest import sign_manifest
 from edge.durable.files import write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms.manifest import session_manifest
 from edge.rooms.owed import INDEX_NAME, OwedIndex
 from edge.rooms.reconcile import STOP_MANIFEST_ROLE
-from edge.rooms.sealing import seal_session_file
 from edge.rooms.session import SessionState, new_session
 from edge.rooms.state import ROOMS_DIR, SessionFiles
 from edge.verify.station import verify_store
-from tests.rooms.conftest import STATION
-from tests.rooms.rig import a_start
+from tests.rooms.rig import a_start, sealed_manifest
 
 FIELDS = {"case_number": "A3301062026000991", "collector": "王五", "subject": "询问过程"}
 
@@ -40,15 +35,8 @@ async def _stopped_without_products(store: StationStore, pipeline: IngestPipelin
     started = store.record(EntryType.SESSION_STARTED, None, {"kind": "room", **session.facts(), "by": "op"})
     session = dataclasses.replace(session, started_seq=started.seq, state=SessionState.STOPPED,
                                   stopped_utc="2026-12-06T02:00:00.000000Z")
-    manifest = sign_manifest(session_manifest(session, list(store.ledger.entries(started.seq)),
-                                              station_id=STATION, sources=[("a", "source a")],
-                                              stopped_by="op"), store.key)
-    path = store.layout.root / "session-manifest.json"
-    write_atomic(path, canonical_json(manifest))
-    item = await seal_session_file(pipeline, path, session=session, role=STOP_MANIFEST_ROLE,
-                                   station_id=STATION, clock_synchronised=True)
-    path.unlink()
-    assert item is not None
+    item = await sealed_manifest(store, pipeline, session, role=STOP_MANIFEST_ROLE,
+                                 name="session-manifest.json")
     store.record(EntryType.SESSION_STOPPED, None, {"room_session": session.session, "room": "xw-1",
                                                    "kind": "room", "by": "op", "manifest_item": item,
                                                    "products": "to follow"})

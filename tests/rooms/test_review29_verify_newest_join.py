@@ -15,17 +15,12 @@ from typing import Any
 
 import pytest
 
-from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, LedgerEntry
-from edge.custody.manifest import sign_manifest
-from edge.durable.files import write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms import joined, products
-from edge.rooms.manifest import session_manifest
 from edge.rooms.product_sets import product_sets
 from edge.rooms.reconcile import COMPLETED_MANIFEST_ROLE, STOP_MANIFEST_ROLE
-from edge.rooms.sealing import seal_session_file
 from edge.rooms.service import RoomService
 from edge.rooms.state import SessionFiles
 from edge.verify.joined import SealedFacts
@@ -33,7 +28,7 @@ from edge.verify.room_products import export_problems, session_set_findings
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
-from tests.rooms.rig import running
+from tests.rooms.rig import running, sealed_manifest
 from tests.rooms.test_verify_joined import _session_with_three_segments
 
 A, B, C = "seg-a", "seg-b", "seg-c"
@@ -124,15 +119,8 @@ async def _products_made_again(store: StationStore, pipeline: IngestPipeline, wa
     then start the service: it makes the products owed from that newest manifest (its catch-up)."""
     sessions, _ = SessionFiles(store.layout.root).load()
     (session,) = [s for s in sessions if s.session == session_id]
-    manifest = sign_manifest(session_manifest(session, list(store.ledger.entries(session.started_seq or 1)),
-                                              station_id=STATION, sources=[("a", "source a")],
-                                              stopped_by="op"), store.key)
-    path = store.layout.root / "completed-manifest.json"
-    write_atomic(path, canonical_json(manifest))
-    item = await seal_session_file(pipeline, path, session=session, role=COMPLETED_MANIFEST_ROLE,
-                                   station_id=STATION, clock_synchronised=True)
-    path.unlink()
-    assert item is not None
+    item = await sealed_manifest(store, pipeline, session, role=COMPLETED_MANIFEST_ROLE,
+                                 name="completed-manifest.json")
     service = RoomService(rooms_config(lavfi_source("a", audio=True)), store, pipeline, station_id=STATION)
     service.load()
     async with running(service):
