@@ -19,10 +19,10 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.owed import INDEX_NAME, OwedIndex
 from edge.rooms.reconcile import STOP_MANIFEST_ROLE
-from edge.rooms.session import SessionState, new_session
-from edge.rooms.state import ROOMS_DIR, SessionFiles
+from edge.rooms.session import SessionState
+from edge.rooms.state import ROOMS_DIR
 from edge.verify.station import verify_store
-from tests.rooms.rig import a_start, sealed_manifest
+from tests.rooms.rig import a_start, sealed_manifest, started_session, stopped_owing_products
 
 FIELDS = {"case_number": "A3301062026000991", "collector": "王五", "subject": "询问过程"}
 
@@ -30,20 +30,11 @@ FIELDS = {"case_number": "A3301062026000991", "collector": "王五", "subject": 
 async def _stopped_without_products(store: StationStore, pipeline: IngestPipeline) -> str:
     """A stopped session whose signed manifest was sealed and whose products were never made (the agent
     was stopped right after the manifest: a power cut during the stop)."""
-    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号", fields=FIELDS,
-                          started_utc="2026-12-06T01:00:00.000000Z", started_by="op")
-    started = store.record(EntryType.SESSION_STARTED, None, {"kind": "room", **session.facts(), "by": "op"})
-    session = dataclasses.replace(session, started_seq=started.seq, state=SessionState.STOPPED,
-                                  stopped_utc="2026-12-06T02:00:00.000000Z")
+    session = dataclasses.replace(started_session(store, FIELDS), state=SessionState.STOPPED,
+                                  stopped_utc="2026-12-06T02:00:00.000000Z")  # the manifest made at the stop
     item = await sealed_manifest(store, pipeline, session, role=STOP_MANIFEST_ROLE,
                                  name="session-manifest.json")
-    store.record(EntryType.SESSION_STOPPED, None, {"room_session": session.session, "room": "xw-1",
-                                                   "kind": "room", "by": "op", "manifest_item": item,
-                                                   "products": "to follow"})
-    files = SessionFiles(store.layout.root)
-    files.prepare()
-    files.save(session)
-    return session.session
+    return stopped_owing_products(store, session, item).session
 
 
 def _products_of(store: StationStore, session: str) -> list[int]:

@@ -31,7 +31,7 @@ from edge.rooms.session import SessionState, new_session
 from edge.rooms.state import ROOMS_DIR, SessionFiles
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
-from tests.rooms.rig import a_start
+from tests.rooms.rig import a_start, started_session, stopped_owing_products
 
 SESSIONS = 150
 FILLER = 1500  # items sealed at the docking bays meanwhile
@@ -127,24 +127,14 @@ async def _stopped_session_with_a_damaged_manifest(store: StationStore,
                                                    pipeline: IngestPipeline) -> tuple[str, str]:
     """A stopped session (on the ledger and in its file) whose signed manifest was sealed, its products
     never made (the agent ended first), and whose stored manifest was altered since."""
-    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号", fields=FIELDS,
-                          started_utc="2026-12-06T01:00:00.000000Z", started_by="op")
-    started = store.record(EntryType.SESSION_STARTED, None, {"kind": "room", **session.facts(), "by": "op"})
-    session = dataclasses.replace(session, started_seq=started.seq)
+    session = started_session(store, FIELDS)
     path = store.layout.root / "session-manifest.json"
     write_atomic(path, b'{"format": "evidence-edge/room-session/1", "sources": []}')
     item = await seal_session_file(pipeline, path, session=session, role=STOP_MANIFEST_ROLE,
                                    station_id=STATION, clock_synchronised=True)
     path.unlink()
     assert item is not None
-    stopped = dataclasses.replace(session, state=SessionState.STOPPED,
-                                  stopped_utc="2026-12-06T02:00:00.000000Z")
-    store.record(EntryType.SESSION_STOPPED, None, {"room_session": session.session, "room": "xw-1",
-                                                   "kind": "room", "by": "op", "manifest_item": item,
-                                                   "products": "to follow"})
-    files = SessionFiles(store.layout.root)
-    files.prepare()
-    files.save(stopped)
+    stopped_owing_products(store, session, item)
     record = pipeline.repository.item(item)
     assert record is not None and record.path is not None
     stored = store.layout.root / record.path
