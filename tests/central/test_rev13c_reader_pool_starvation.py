@@ -5,7 +5,7 @@ registration), the registrar's reads, the auditors' read side and the console. T
 request of that receiver waits behind them, although nothing it reads is locked or slow.
 
 Here another session holds a lock on ``items`` only. ``AUDITORS`` auditor searches (``GET /v1/items``, which
-reads ``items``) are sent and seen waiting on the lock in PostgreSQL; then a station asks for its ledger head
+reads ``items``) are sent and seen waiting on the lock in PostgreSQL; then a station asks for its ledger (GET /v1/stations/{id}/ledger)
 (``stations``, the ledger and the Merkle log: never ``items``). Expected: the station is answered within the
 bound while the auditors wait. Control: with one waiting auditor search (a reader thread left), the same
 station request is answered, so the setup itself does not stall a station.
@@ -26,7 +26,7 @@ from tests.central.conftest import FakeStation, get_json, postgres_index, start_
 from tests.central.pg import PostgresDatabaseUnderTest
 
 SEEN_WAITING_BOUND_S = 60.0
-# A ledger-head request on an idle receiver takes milliseconds; a bound on a loaded machine.
+# A ledger request on an idle receiver takes milliseconds; a bound on a loaded machine.
 STATION_BOUND_S = 20.0
 
 
@@ -78,7 +78,7 @@ async def test_waiting_auditor_reads_do_not_starve_a_stations_request(
             for search in searches:
                 assert (await search)[0] == 200
         assert status == 200, (
-            f"a station's ledger-head request (which reads nothing locked) was not answered within "
+            f"a station's ledger request (which reads nothing locked) was not answered within "
             f"{STATION_BOUND_S:g} s while {auditors} auditor searches waited on PostgreSQL: the shared "
             f"reader pool starves the stations ({doc})")
     finally:
