@@ -22,8 +22,13 @@ import pytest
 
 from tests.central.conftest import FakeStation, get_json, postgres_index, start_http_central
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import HEALTHZ_BOUND_S, SEEN_WAITING_BOUND_S, Probe, \
-    _a_read_waits_on_a_table_lock, _healthz
+from tests.central.test_review13_reads_off_the_loop import (
+    HEALTHZ_BOUND_S,
+    SEEN_WAITING_BOUND_S,
+    Probe,
+    _a_read_waits_on_a_table_lock,
+    _healthz,
+)
 
 
 def _lock(pg_database: PostgresDatabaseUnderTest, table: str, url: str, probe: Probe) -> None:

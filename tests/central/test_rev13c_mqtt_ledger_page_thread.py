@@ -51,14 +51,13 @@ async def test_a_ledger_page_read_in_a_worker_never_sees_or_signs_an_uncommitted
         def mqtt_ledger_page() -> None:  # what asyncio.to_thread runs for the MQTT API's ledger-page
             seen.update(StationLedgerRead(parts).page(station.station_id, 0, 500, None))
 
-        with pytest.raises(_RolledBack):
-            with index.transaction():
-                index.insert_ledger_entries(station.station_id, [second], "2026-12-06T08:00:01Z")
-                worker = threading.Thread(target=mqtt_ledger_page)
-                worker.start()
-                worker.join(60)
-                assert not worker.is_alive()
-                raise _RolledBack
+        with pytest.raises(_RolledBack), index.transaction():
+            index.insert_ledger_entries(station.station_id, [second], "2026-12-06T08:00:01Z")
+            worker = threading.Thread(target=mqtt_ledger_page)
+            worker.start()
+            worker.join(60)
+            assert not worker.is_alive()
+            raise _RolledBack
         assert index.ledger_head(station.station_id) == committed  # the entry was never accepted
         assert seen["head"] == {"seq": committed[0], "hash": committed[1]}, (
             f"the ledger page read in a worker thread answered the uncommitted head {seen['head']} (the "

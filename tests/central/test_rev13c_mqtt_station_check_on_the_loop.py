@@ -26,8 +26,13 @@ from edge.central.mqtt_receiver import MqttReceiver, ReceiverCounts, station_che
 from edge.mqtt.filetransfer import ReasonCode
 from tests.central.conftest import FakeStation, postgres_index, start_http_central
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import HEALTHZ_BOUND_S, SEEN_WAITING_BOUND_S, Probe, \
-    _a_read_waits_on_a_table_lock, _healthz
+from tests.central.test_review13_reads_off_the_loop import (
+    HEALTHZ_BOUND_S,
+    SEEN_WAITING_BOUND_S,
+    Probe,
+    _a_read_waits_on_a_table_lock,
+    _healthz,
+)
 
 
 class _Store:

@@ -4,9 +4,10 @@ registration), the registrar's reads, the auditors' read side and the console. T
 (a search over a province's items, or a table a maintenance holds) take both threads, and every station
 request of that receiver waits behind them, although nothing it reads is locked or slow.
 
-Here another session holds a lock on ``items`` only. ``AUDITORS`` auditor searches (``GET /v1/items``, which
-reads ``items``) are sent and seen waiting on the lock in PostgreSQL; then a station asks for its ledger (GET /v1/stations/{id}/ledger)
-(``stations``, the ledger and the Merkle log: never ``items``). Expected: the station is answered within the
+Here another session holds a lock on ``items`` only. Two auditor searches (``GET /v1/items``, which
+reads ``items``) are sent and seen waiting on the lock in PostgreSQL; then a station asks for its ledger
+(``GET /v1/stations/{id}/ledger``: ``stations`` and the ledger, never
+``items``). Expected: the station is answered within the
 bound while the auditors wait. Control: with one waiting auditor search (a reader thread left), the same
 station request is answered, so the setup itself does not stall a station.
 """

@@ -6,7 +6,8 @@ its 10 s connect timeout). ``/metrics`` reads the same count, the log size and t
 (``CentralMetrics.exposition``).
 
 Here another session holds a lock on ``lock_extensions_pending``; ``/readyz`` is asked; once its read is seen
-waiting, ``/healthz`` is asked from another thread. Expected: answered. Control: an unrelated table locked
+waiting, ``/healthz`` is asked from another thread. (The wait looked for is that of the receiver's
+own connection, which only the loop uses here.) Expected: answered. Control: an unrelated table locked
 (nothing the probe reads) leaves both answered.
 """
 
@@ -22,8 +23,21 @@ import pytest
 
 from tests.central.conftest import postgres_index, start_http_central
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import HEALTHZ_BOUND_S, SEEN_WAITING_BOUND_S, Probe, \
-    _a_read_waits_on_a_table_lock, _healthz
+from tests.central.test_review13_reads_off_the_loop import (
+    HEALTHZ_BOUND_S,
+    SEEN_WAITING_BOUND_S,
+    Probe,
+    _healthz,
+)
+
+
+def _waits_on_a_lock(pg_database: PostgresDatabaseUnderTest, pid: int) -> bool:
+    """Whether the server process ``pid`` (the receiver's own connection, not a reader thread's: the
+    lock-extension round also reads the table, in a reader thread) waits on a lock."""
+    with pg_database.admin() as admin:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = "
+                            "'Lock'", (pid,)).fetchone()
+    return row is not None and int(str(row[0])) > 0
 
 
 @pytest.mark.parametrize("table", ["lock_extensions_pending", "console_accounts"],
@@ -34,15 +48,18 @@ async def test_readyz_waiting_on_postgresql_leaves_healthz_answered(
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     probe = Probe()
     asked = threading.Event()
+    # The connection reads outside a transaction use when not in a reader thread (the loop's).
+    loop_pid = central.running.parts.index.unit._conn.info.backend_pid
 
     def hold() -> None:
         with pg_database.admin() as other, other.transaction():
             other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             probe.held.set()
             asked.wait(SEEN_WAITING_BOUND_S)
-            deadline = time.monotonic() + (SEEN_WAITING_BOUND_S if table == "lock_extensions_pending" else 2.0)
+            waited_s = SEEN_WAITING_BOUND_S if table == "lock_extensions_pending" else 2.0
+            deadline = time.monotonic() + waited_s
             while time.monotonic() < deadline:
-                if _a_read_waits_on_a_table_lock(pg_database):
+                if _waits_on_a_lock(pg_database, loop_pid):
                     probe.read_seen_waiting = True
                     break
                 time.sleep(0.05)  # polling for the wait to show, not proving an absence

@@ -69,7 +69,8 @@ async def test_an_anonymous_session_lookup_does_not_hold_the_writer(
                     await asyncio.sleep(0.05)  # polling for the wait to show, not proving an absence
             try:
                 status, doc = await asyncio.wait_for(
-                    get_json(session, f"{central.url}/v1/log/tree-head", {"X-Edge-Station": station.station_id}),
+                    get_json(session, f"{central.url}/v1/log/tree-head",
+                             {"X-Edge-Station": station.station_id}),
                     STATION_BOUND_S)
             except TimeoutError:
                 status, doc = None, None
