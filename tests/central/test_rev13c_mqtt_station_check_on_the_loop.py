@@ -48,7 +48,8 @@ async def test_an_mqtt_commands_station_check_waiting_on_postgresql_leaves_healt
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     parts = central.running.parts
     receiver = MqttReceiver.__new__(MqttReceiver)  # only what _carry_out uses, as build_app wires it
-    receiver._station_check = station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt"))
+    receiver._station_check = station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt"),
+                                               reads=parts.station_read)
     receiver.store = _Store()  # type: ignore[assignment]
     receiver.counts = ReceiverCounts()
 
@@ -76,7 +77,8 @@ async def test_an_mqtt_commands_station_check_waiting_on_postgresql_leaves_healt
         holder = threading.Thread(target=hold)
         holder.start()
         assert await asyncio.to_thread(probe.held.wait, SEEN_WAITING_BOUND_S)
-        await receiver._carry_out(station.station_id, object(), b"", None, await_broker=False)
+        await receiver._carry_out(station.station_id, object(), b"", None,  # type: ignore[arg-type]
+                                  await_broker=False)
         checked.set()
         await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
         assert not holder.is_alive()
