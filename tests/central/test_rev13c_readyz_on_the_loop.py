@@ -6,9 +6,9 @@ its 10 s connect timeout). ``/metrics`` reads the same count, the log size and t
 (``CentralMetrics.exposition``).
 
 Here another session holds a lock on ``lock_extensions_pending``; ``/readyz`` is asked; once its read is seen
-waiting, ``/healthz`` is asked from another thread. (The wait looked for is that of the receiver's
-own connection, which only the loop uses here.) Expected: answered. Control: an unrelated table locked
-(nothing the probe reads) leaves both answered.
+waiting, ``/healthz`` is asked from another thread. (The wait looked for is that of the probe's count, by
+its statement: the lock-extension round also reads the table, with another statement.) Expected:
+answered. Control: an unrelated table locked (nothing the probe reads) leaves both answered.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ from tests.central.test_review13_reads_off_the_loop import (
     _healthz,
 )
 
+# The readiness probe's count (edge/central/sql/lock_extensions.py), not the lock-extension round's read.
+_PROBE_COUNT = "SELECT count(*) FROM lock_extensions_pending"
 
-def _waits_on_a_lock(pg_database: PostgresDatabaseUnderTest, pid: int) -> bool:
-    """Whether the server process ``pid`` (the receiver's own connection, not a reader thread's: the
-    lock-extension round also reads the table, in a reader thread) waits on a lock."""
+
+def _waits_on_a_lock(pg_database: PostgresDatabaseUnderTest) -> bool:
+    """Whether the readiness probe's count waits on a lock (on whichever of the receiver's connections:
+    on the loop's before the fix, a reader thread's after it)."""
     with pg_database.admin() as admin:
-        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = "
-                            "'Lock'", (pid,)).fetchone()
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                            "datname = current_database() AND query = %s", (_PROBE_COUNT,)).fetchone()
     return row is not None and int(str(row[0])) > 0
 
 
@@ -48,8 +51,6 @@ async def test_readyz_waiting_on_postgresql_leaves_healthz_answered(
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     probe = Probe()
     asked = threading.Event()
-    # The connection reads outside a transaction use when not in a reader thread (the loop's).
-    loop_pid = central.running.parts.index.unit._conn.info.backend_pid
 
     def hold() -> None:
         with pg_database.admin() as other, other.transaction():
@@ -59,7 +60,7 @@ async def test_readyz_waiting_on_postgresql_leaves_healthz_answered(
             waited_s = SEEN_WAITING_BOUND_S if table == "lock_extensions_pending" else 2.0
             deadline = time.monotonic() + waited_s
             while time.monotonic() < deadline:
-                if _waits_on_a_lock(pg_database, loop_pid):
+                if _waits_on_a_lock(pg_database):
                     probe.read_seen_waiting = True
                     break
                 time.sleep(0.05)  # polling for the wait to show, not proving an absence
