@@ -377,7 +377,7 @@ class StationEndpoints:
         if receipt is not None and principal.kind == "station":
             # A station learns about its own items only; another station's item answers exactly like an
             # item that does not exist, so the answer does not tell which items exist.
-            record = await self.parts.read(self.parts.index.item, item)
+            record = await self.parts.station_read(self.parts.index.item, item)
             if record is None or record.station != principal.name:
                 if record is not None:
                     log.warning("station %s asked for the inclusion proof of item %s of station %s",
