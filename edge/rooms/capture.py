@@ -115,6 +115,15 @@ class ClosedSegment:
     # (size, mtime, ctime, inode) of the file when ffmpeg listed it: the sealer seals only that file
     # (a rewrite in place changes the ctime even when the mtime is set back).
     pin: tuple[int, int, int, int] | None = None
+    # A segment sealed from what a run left (a restart, the stop's retry): the sealer asks the ledger
+    # whether this very segment was refused before, whatever its run directory's plain files say now.
+    leftover: bool = False
+    # A leftover segment ffmpeg listed whose pin cannot be used: why. `pin_refused`: its pins disagree
+    # (two different lines), so it is refused; `unpinned`: it has no pin line (lost to a power cut, or
+    # removed), so it is sealed, but as suspect (an `error` entry and the fact in its manifest and
+    # segment_sealed): its bytes are kept as evidence and nobody reads it as checked.
+    pin_refused: str | None = None
+    unpinned: str | None = None
     # (start, end) in station time, by the station's clock: from the end of the run's previous segment to
     # when ffmpeg listed this one (None: counted from the anchor and the stream times, see times_ns).
     station_ns: tuple[int, int] | None = None
@@ -339,18 +348,23 @@ def pin_file(run_dir: Path, name: str) -> tuple[int, int, int, int] | None:
     return pin
 
 
-def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
-    """The pins :func:`pin_file` kept in `run_dir` (a line that is not one is skipped)."""
-    found: dict[str, tuple[int, int, int, int]] = {}
+def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int] | None]:
+    """The pins :func:`pin_file` kept in `run_dir`. A line that is not one is skipped, as is a last line
+    without its newline (the file is appended without fsync: a power cut can cut it short, and
+    "seg-000000.mp4 18086 ... 22634" may be "... 2263427" cut). A name with two different pins maps to
+    None: ffmpeg lists a segment once, so the second was written by someone else, and neither is trusted
+    (the sealer refuses the segment)."""
+    found: dict[str, tuple[int, int, int, int] | None] = {}
     try:
-        lines = (run_dir / PINS_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+        text = (run_dir / PINS_FILE).read_text(encoding="ascii", errors="replace")
     except OSError:
         return found
-    for line in lines:
+    for line in text.split("\n")[:-1]:
         parts = line.split()
         if len(parts) == 5 and SEGMENT_NAME.fullmatch(parts[0]) and all(p.isdigit() for p in parts[1:]):
             size, mtime, ctime, inode = (int(p) for p in parts[1:])
-            found[parts[0]] = (size, mtime, ctime, inode)
+            pin = (size, mtime, ctime, inode)
+            found[parts[0]] = pin if found.get(parts[0], pin) == pin else None
     return found
 
 

@@ -57,6 +57,8 @@ def session_manifest(
             segment.update({"item": entry.item, "seq": entry.seq})
             if data.get("partial"):
                 segment["partial"] = data["partial"]
+            if data.get("unpinned"):  # sealed without its pin: never checked against ffmpeg's listing
+                segment["unpinned"] = data["unpinned"]
             segments.setdefault(str(data.get("source")), []).append(segment)
             if isinstance(data.get("derived"), dict):
                 derived[str(data.get("source"))] = data["derived"]

@@ -198,6 +198,11 @@ class SourceRecording:
     # A camera that serves one client may still count the probe's connection when ffmpeg connects right
     # after it (503 / 453), and a probe before every restart would lose that race at every restart.
     probed_coding: tuple[Coding, Coding] | None = None
+    began_ns: int | None = None  # when its first run of the session began (station time)
+    # What the ledger says was refused as changed (SegmentSealer.refused_on_ledger), read once per session
+    # run and handed from each sealer of the source to the next.
+    refused: dict[tuple[str, str], int] | None = None
+    gap_entries: int = 0  # `gap` entries written for it in this session's run (open or closed)
     feeds: Callable[[], list[dict[str, Any]]] | None = None  # the composite: its feeds' counters
     # What its runs write, by the station's clock: the flood rule's and the reserve's measure (.write_rate).
     meter: WriteMeter | None = None
@@ -278,6 +283,8 @@ class SessionRecording:
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
+        self._run_began_ns: int | None = None  # when run() began
+        self._stopped_ns: int | None = None  # when the runs ended at a stop
         self.liveness_timeout_s = settings.segment_time_s + settings.stale_margin_s
 
     # -- control ------------------------------------------------------------------------------------
@@ -304,6 +311,7 @@ class SessionRecording:
 
     async def run(self) -> None:
         """Record until stopped; return once every segment handed over is sealed and the gaps closed."""
+        self._run_began_ns = time.time_ns()
         if self._resumed is not None:
             await self._queue_resumed_work(self._resumed)
         sealers = [
@@ -361,6 +369,7 @@ class SessionRecording:
                 if self.composite is not None:
                     self.composite.close()
             now = time.time_ns()
+            self._stopped_ns = now
             for source in self.sources.values():
                 if self._ending_reason is not None:
                     if source.gap_from_ns is None:
@@ -384,6 +393,8 @@ class SessionRecording:
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
         run_began_ns = time.time_ns()
+        if source.began_ns is None:
+            source.began_ns = run_began_ns
         liveness = current_liveness()
         keepers: list[asyncio.Task[None]] = []
 
@@ -800,7 +811,8 @@ class SessionRecording:
     def _sealer(self, source: SourceRecording) -> SegmentSealer:
         return SegmentSealer(self.pipeline, self.session, source=source.config.id,
                              source_name=source.config.name, station_id=self.station_id,
-                             clock_synchronised=self.clock_synchronised(), derived=source.derived)
+                             clock_synchronised=self.clock_synchronised(), derived=source.derived,
+                             refused=source.refused)
 
     async def _seal_loop(self, source: SourceRecording) -> None:
         gap: GapOpened | None = None
@@ -811,11 +823,13 @@ class SessionRecording:
                 return
             if isinstance(work, FinalSweep):
                 await self._seal_unsealed(source)
+                await self._nothing_recorded_gap(source)
                 return
             try:
                 if isinstance(work, ClosedSegment):
                     sealer = self._sealer(source)
                     done = await sealer.seal(work)
+                    source.refused = sealer.refused
                     if done is None:
                         source.failed += 1
                         if not sealer.retryable:  # never sealable as ffmpeg's: its time is a gap now
@@ -838,6 +852,23 @@ class SessionRecording:
                 log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
                 source.failed += 1
 
+    async def _nothing_recorded_gap(self, source: SourceRecording) -> None:
+        """At a stop, a source with no sealed segment and no gap on the record (the session stopped before
+        its first media: a START, STOP pressed at once, a camera slow to connect) gets a closed gap from its
+        start to the stop, so that its unrecorded span is said (DESIGN invariant 9), not silent."""
+        if source.sealed or source.gap_entries or self._stopped_ns is None:
+            return
+        try:
+            from_ns = source.began_ns or self._run_began_ns or self._stopped_ns
+            to_ns = max(from_ns, self._stopped_ns)
+            reason = (f"{LATE_START_REASON}: the session was stopped {(to_ns - from_ns) / 1e9:.1f} s after "
+                      "the source was started, before its first media: nothing of it was recorded")
+            await self._gap_entry(source, "closed", from_ns, to_ns, reason, to_stop=True,
+                                  attempts=source.runs)
+        except Exception:  # the sealer's end must not fail for it: logged
+            log.exception("room %s source %s: its gap to the stop could not be recorded", self.session.room,
+                          source.config.id)
+
     async def _seal_unsealed(self, source: SourceRecording) -> None:
         """One more try for every segment of the source whose sealing failed during the session (a full
         disk, an I/O error): what is still in its capture directories (a sealed one was removed)."""
@@ -855,6 +886,7 @@ class SessionRecording:
                 except Exception:
                     log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
                     done = None
+                source.refused = sealer.refused
                 if done is not None:
                     source.sealed.append(done)
                     source.failed = max(0, source.failed - 1)
@@ -906,6 +938,7 @@ class SessionRecording:
         log.warning("room %s source %s: gap %s: %s", self.session.room, source.config.id, state, reason)
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.GAP, None, data))
+        source.gap_entries += 1
 
     async def _clock_behind(
         self, source: SourceRecording, recorded_ns: int, now_ns: int, behind_s: float
@@ -1035,16 +1068,26 @@ def leftover_segments(
             continue
         seg = by_name.get(path.name)
         if seg is not None:
+            refused = unpinned = None
+            if seg.name not in pins:
+                unpinned = ("listed by ffmpeg but without a pin in its run directory (the pin line was lost "
+                            "to a power cut, or removed): sealed unchecked, it may have changed after "
+                            "ffmpeg listed it")
+            elif pins[seg.name] is None:
+                refused = ("its run directory holds two different pins for it: changed after ffmpeg listed "
+                           "it, or its pins were altered; not sealed as ffmpeg's, kept in the capture "
+                           "directory")
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
                                        info.st_mtime_ns, anchor, pin=pins.get(seg.name),
-                                       station_ns=station.get(seg.name)))
+                                       station_ns=station.get(seg.name), leftover=True,
+                                       pin_refused=refused, unpinned=unpinned))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
             after = None if last_station_end is None else (
                 min(last_station_end, info.st_mtime_ns), info.st_mtime_ns)
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
                                        info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
-                                       written_ns=info.st_mtime_ns, station_ns=after))
+                                       written_ns=info.st_mtime_ns, station_ns=after, leftover=True))
     return found
 
 

@@ -74,6 +74,11 @@ class RoomSegments:
         return True  # the station's own disk
 
 
+# The reason of a sealer's `error` entry for a segment that is not the file ffmpeg listed; such an entry also
+# carries ``"changed": true``. A later sealing of that segment (a restart) is refused on the ledger's word.
+CHANGED = "changed after ffmpeg listed it"
+
+
 class SegmentChanged(Exception):
     """A segment file is not the one ffmpeg listed (its pin differs); the message says how."""
 
@@ -91,6 +96,7 @@ class SegmentSealer:
         station_id: str,
         clock_synchronised: bool,
         derived: Mapping[str, Any] | None = None,
+        refused: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.pipeline = pipeline
         # A derived output's segments (the composite) say so, and from what, in every record of them.
@@ -105,6 +111,10 @@ class SegmentSealer:
         # failed: a full disk) or can never be sealed as ffmpeg's (missing, changed, not a file).
         self.failure: str | None = None
         self.retryable = False
+        # (run, segment name) -> the ledger seq of the `error` that refused it as changed: read from the
+        # ledger at the first leftover (once per sealer, or handed over by the sealer before it: `refused`),
+        # kept up to date by this sealer's own refusals.
+        self.refused = refused
 
     def offered(self, segment: ClosedSegment) -> OfferedItem:
         """The segment as the pipeline takes it (raises OSError when the file is gone or not regular)."""
@@ -112,6 +122,17 @@ class SegmentSealer:
         if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{segment.run}/{segment.name}: not a regular file")
         now = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        if segment.leftover:
+            refused_at = self.refused_on_ledger().get((segment.run, segment.name))
+            if refused_at is not None:
+                # The ledger's word stands: the run directory's pins are plain files anyone with the disk
+                # can edit, so a pin removed or re-written later never makes a refused segment ffmpeg's.
+                raise SegmentChanged(
+                    f"{CHANGED}: refused as such before (ledger seq {refused_at}), whatever its run "
+                    "directory's pins say now; not sealed as ffmpeg's, kept in the capture directory"
+                )
+        if segment.pin_refused is not None:
+            raise SegmentChanged(segment.pin_refused)
         if segment.pin is not None and now != segment.pin:
             size, mtime, _, inode = segment.pin
             raise SegmentChanged(
@@ -156,6 +177,7 @@ class SegmentSealer:
                 "run": segment.run,
                 "segment": segment.index,
                 **({"partial": segment.partial} if segment.partial else {}),
+                **({"unpinned": segment.unpinned} if segment.unpinned else {}),
                 **({"derived": self.derived} if self.derived is not None else {}),
             },
         )
@@ -186,7 +208,8 @@ class SegmentSealer:
         try:
             offered = self.offered(segment)
         except SegmentChanged as exc:
-            await self._error(where, str(exc))
+            self.refused_on_ledger()[(segment.run, segment.name)] = await self._error(
+                {**where, "changed": True}, str(exc))
             return None
         except OSError as exc:
             await self._error(where, f"segment file unusable: {exc.strerror or exc}")
@@ -224,6 +247,8 @@ class SegmentSealer:
             data["source_clock_drift_s"] = round(drift_s, 3)
         if segment.partial:
             data["partial"] = segment.partial
+        if segment.unpinned:
+            data["unpinned"] = segment.unpinned
         if self.derived is not None:
             data["derived"] = self.derived
         repository = self.pipeline.repository
@@ -233,6 +258,10 @@ class SegmentSealer:
         # The sealed copy in the store holds these exact bytes (re-read and matched): the capture file
         # goes.
         segment.path.unlink(missing_ok=True)
+        if segment.unpinned:
+            # Sealed so that its bytes are kept, but nobody may read it as checked against ffmpeg's listing.
+            await self._error({**where, "item": work.item, "unpinned": True},
+                              f"sealed as suspect (item {work.item}): {segment.unpinned}")
         log.debug(
             "room %s source %s: %s sealed as item %s in %.3f s",
             session.room,
@@ -255,12 +284,31 @@ class SegmentSealer:
             segment.partial,
         )
 
-    async def _error(self, where: Mapping[str, Any], reason: str) -> None:
+    def refused_on_ledger(self) -> dict[tuple[str, str], int]:
+        """(run, segment name) -> ledger seq of every segment of this session's source a sealer refused as
+        changed after ffmpeg listed it (entries before ``"changed"`` was recorded are known by their
+        reason)."""
+        if self.refused is None:
+            session = self.session
+            self.refused = {}
+            for entry in self.pipeline.repository.ledger.entries_of_types([EntryType.ERROR],
+                                                                          session.started_seq or 1):
+                data = entry.data
+                if (data.get("stage") != "room segment" or data.get("room_session") != session.session
+                        or data.get("source") != self.source):
+                    continue
+                if data.get("changed") is True or str(data.get("reason", "")).startswith(CHANGED):
+                    self.refused.setdefault((str(data.get("run")), str(data.get("segment"))), entry.seq)
+        return self.refused
+
+    async def _error(self, where: Mapping[str, Any], reason: str) -> int:
+        """Record the failure (an `error` entry naming the session); its ledger seq."""
         log.error("room %s source %s: %s: %s", self.session.room, self.source, where.get("segment"), reason)
         self.failure = reason
         data = {**where, "stage": "room segment", "reason": reason}
         repository = self.pipeline.repository
-        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        entry = await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        return entry.seq
 
 
 def file_opener(path: Path, info: os.stat_result, what: str, *, verification: bool) -> ReaderOpener:

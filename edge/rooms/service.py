@@ -21,9 +21,13 @@ the agent stops, interrupts them (a gap opens; the session itself goes on at the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Mapping
@@ -45,6 +49,7 @@ from edge.rooms import export as export_module
 from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
+from edge.rooms.joined import PRODUCTS_DIR
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import check_extra_line
 from edge.rooms.owed import OwedIndex
@@ -52,6 +57,7 @@ from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
+    MANIFEST_ROLES,
     SESSION_TYPES,
     STOP_MANIFEST_TYPES,
     LedgerSession,
@@ -70,11 +76,12 @@ from edge.rooms.session import (
     SessionError,
     SessionState,
     apply_change,
+    check_mark_room,
     check_text,
     new_session,
 )
 from edge.rooms.space import SpaceWatch
-from edge.rooms.state import SessionFiles
+from edge.rooms.state import ROOMS_DIR, SessionFiles
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,13 @@ MANIFEST_NAME = "session-manifest.json"
 COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
 PRODUCTS_TO_FOLLOW = "to follow"
+# A signed session manifest lists each sealed segment (a few hundred bytes) with its gaps, marks and
+# changes: a day of 1-second segments from four sources stays under this; what the products are made from
+# is read whole into memory, so nothing larger is (a forged index entry naming a recording, say).
+MAX_SESSION_MANIFEST_BYTES = 128 << 20
+# What an export (edge.rooms.export: a uuid4 token's first 12 hex digits) or a document being received
+# (edge.rooms.documents) writes in a session's products directory, and nothing else there.
+CUT_SHORT_WORK = re.compile(r"export-[0-9a-f]{12}(\.iso)?|document-[0-9a-f]{12}\.part")
 # A count of bytes a caller gives (the free space where it writes an export).
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -124,7 +138,7 @@ class RoomService:
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
         # Which stopped sessions owe products, read from the ledger since the index was last saved.
-        self.owed = OwedIndex(store.layout.root, store.ledger)
+        self.owed = OwedIndex(store.layout.root, store.ledger, store.key)
         # Per session, why its owed products could not be made at this start (edge room status shows it;
         # the `error` entry is written once per manifest: OwedIndex.reported).
         self.products_problems: dict[str, str] = {}
@@ -165,6 +179,7 @@ class RoomService:
                 None,
                 {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
             )
+        self._remove_cut_short_work()
         sessions = self._checked_against_ledger(sessions)
         self._products_pending = self._without_products(sessions)
         for session in sessions:
@@ -184,6 +199,51 @@ class RoomService:
                 )
                 continue
             self.active[session.room] = session
+
+    def _remove_cut_short_work(self) -> None:
+        """Remove what an export or an attach cut short by a power cut (or a kill) left in the sessions'
+        products directories: an export's staging copy and image (``export-<token>/``, ``.iso``) and a
+        document being received (``document-<token>.part``). None of it is evidence (the staging holds
+        copies of sealed items, the image is sealed nowhere, a part was never attached), and left there it
+        would be counted by every later space check for ever. Nothing else is touched; an `error` entry
+        (stage ``room export``) names each thing removed and its size."""
+        base = self.store.layout.root / ROOMS_DIR / PRODUCTS_DIR
+        try:
+            session_dirs = [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+        except OSError:
+            return
+        for session_dir in sorted(session_dirs):
+            try:
+                found = sorted(p for p in session_dir.iterdir() if CUT_SHORT_WORK.fullmatch(p.name))
+            except OSError as exc:
+                log.warning("rooms: %s cannot be read: %s", session_dir, exc)
+                continue
+            for path in found:
+                try:
+                    info = path.lstat()
+                    if stat.S_ISDIR(info.st_mode):
+                        size = _tree_bytes(path)
+                        shutil.rmtree(path)
+                    elif stat.S_ISREG(info.st_mode):
+                        size = info.st_size
+                        path.unlink()
+                    else:
+                        continue  # a symlink or a device by that name: not what an export writes
+                except OSError as exc:
+                    log.warning("rooms: %s, left by a cut-short export or attach, cannot be removed: %s",
+                                path, exc)
+                    continue
+                what = f"{session_dir.name}/{path.name}"
+                reason = (f"{what} ({size} bytes), left by an export or attach the agent did not finish (a "
+                          "power cut, a kill), removed: not evidence (a staging copy of sealed items, a disc "
+                          "image never sealed, a document never attached)")
+                log.warning("rooms: %s", reason)
+                self.store.record(EntryType.ERROR, None, {
+                    "stage": "room export", "room_session": session_dir.name[:64], "removed": path.name,
+                    "bytes": size, "reason": reason})
+            if found:
+                with contextlib.suppress(OSError):  # only when nothing else is in it
+                    session_dir.rmdir()
 
     def _checked_against_ledger(self, files: list[RoomSession]) -> list[RoomSession]:
         """The sessions to go on with: each session the ledger saw start and not stop, as the ledger
@@ -506,6 +566,7 @@ class RoomService:
         async with self._lock(room):
             session = await self._active(room, "mark", by)
             try:
+                check_mark_room(session)
                 text = check_text("note", note, MAX_NOTE)
             except SessionError as exc:
                 await self._refuse("mark", room, by, str(exc), 400)
@@ -627,8 +688,15 @@ class RoomService:
         item, expected = manifest_acquired.item, manifest_acquired.data.get("sha256")
         record = None if item is None else self.pipeline.repository.item(item)
         try:
+            if (manifest_acquired.type != EntryType.ACQUIRED
+                    or manifest_acquired.data.get("room_session") != session.session
+                    or manifest_acquired.data.get("role") not in MANIFEST_ROLES):
+                raise ValueError(f"item {item} is not one of its manifests")
             if record is None or record.path is None or record.sha256 != expected:
                 raise ValueError(f"its sealed manifest (item {item}) is not on this station as it was sealed")
+            if record.size > MAX_SESSION_MANIFEST_BYTES:
+                raise ValueError(f"its sealed manifest (item {item}) is {record.size} bytes, more than a "
+                                 f"session manifest can be ({MAX_SESSION_MANIFEST_BYTES})")
             data = await asyncio.to_thread(_read_prefix, self.store.layout.root / record.path, record.size)
             if sha256_hex(data) != expected:
                 raise ValueError(f"its sealed manifest (item {item}) no longer gives the hash it was sealed "
@@ -766,11 +834,34 @@ class RoomService:
         for session in self.active.values():
             if session.session == wanted:
                 return session
-        sessions, _ = await asyncio.to_thread(self.files.load)
-        for session in sessions:
-            if session.session == wanted:
-                return session
-        await self._refuse(action, "", by, f"no session {wanted} on this station", 404)
+        # Not recording here: as the ledger has it. A stopped session's file is checked at no start, and an
+        # export reads its entries from the session's started_seq and shows its case number; an attach seals
+        # its case block: from an edited file a disc would leave out what was attached and name another case.
+        files, _ = await asyncio.to_thread(self.files.load)
+        on_ledger = self._session_on_ledger(wanted, next((s for s in files if s.session == wanted), None))
+        if on_ledger is not None:
+            return on_ledger
+        await self._refuse(action, "", by, f"no session {wanted} on this station's ledger", 404)
+
+    def _session_on_ledger(self, wanted: str, file: RoomSession | None) -> RoomSession | None:
+        """Session `wanted` rebuilt from its ledger entries (stopped when it was), its file's start taken when
+        plausible; a file that says otherwise is an `error` entry and is written again from the ledger."""
+        started = next((e for e in self.store.ledger.entries_of_types([EntryType.SESSION_STARTED])
+                        if e.data.get("room_session") == wanted and e.data.get("kind") == "room"), None)
+        if started is None:
+            return None
+        known = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES, started.seq)).get(wanted)
+        if known is None:
+            return None
+        rebuilt = known.rebuilt(None if file is None else file.started_utc)
+        if known.stopped is not None:
+            rebuilt = replace(rebuilt, state=SessionState.STOPPED, stopped_utc=known.stopped.time)
+        if file is not None and (said := disagreements(file, rebuilt)):
+            self._file_error(wanted, "its file disagrees with the ledger, whose values are used: "
+                             + "; ".join(said))
+            if known.stopped is not None:  # a recording one is the start's to check and write again
+                self.files.save(rebuilt)
+        return rebuilt
 
     def set_overlay_line(self, room: str, text: str) -> None:
         """The extra line of `room`'s composite overlay from now on (a room panel's temperature and humidity;
@@ -826,6 +917,18 @@ class RoomService:
             {"stage": "room", "action": action, "room": shown, "by": by, "reason": printable(reason)[:500]},
         )
         raise RoomRefused(reason, status)
+
+
+def _tree_bytes(root: Path) -> int:
+    """The bytes of the regular files under `root` (symlinks not followed)."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 def _read_prefix(path: Path, size: int) -> bytes:

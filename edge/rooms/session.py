@@ -24,7 +24,11 @@ MAX_NAME = 64
 MAX_SUBJECT = 256
 MAX_NOTE = 512
 MAX_PERSONS = 32
-MAX_MARKS = 10_000
+# Marks per session: more than any proceeding needs (a bouncing MARK button or a script is refused), and
+# sized so that a session file of MAX_MARKS marks of MAX_NOTE characters (about 1.6 kB each as written)
+# stays under edge.rooms.state.MAX_SESSION_FILE_BYTES (4 MiB) with the rest of the session, and is read
+# back at the next start.
+MAX_MARKS = 2_000
 # The case fields a session carries (the manifest's `case` block) and which may change during a session.
 CHANGEABLE = ("case_number", "collector", "collector_no", "subject")
 
@@ -143,6 +147,13 @@ class RoomSession:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SessionError(f"not a room session document: {exc}") from None
+
+
+def check_mark_room(session: RoomSession) -> None:
+    """SessionError when `session` has MAX_MARKS marks already (no mark more is taken)."""
+    if len(session.marks) >= MAX_MARKS:
+        raise SessionError(f"note: the session has {len(session.marks)} marks, the most one may have "
+                           f"({MAX_MARKS}); no mark more is taken")
 
 
 def check_text(what: str, value: object, max_chars: int, *, required: bool = True) -> str:

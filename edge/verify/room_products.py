@@ -18,10 +18,13 @@ sealed manifest. For that set this module checks
 A session whose newest manifest has no set made from it owes its products: a problem when an older set
 was made (what the newer manifest added is in no joined file), a note when none was made yet (a stop
 making them, or cut short: the agent makes them at its next start; a manifest altered since is the item
-check's problem). Older sets
+check's problem), and a problem again once the agent has started since (a ``station_started`` after the
+manifest was sealed) and still not made them: that start should have (the agent may be making them at this
+very moment; otherwise something kept it from them, a tampered index of what is owed, say). Older sets
 are reported as superseded in the notes: their joins verify by hash (edge.verify.joined) and are not
 required complete. Each ``exported`` entry's disc must have carried exactly the newest set as the ledger
-stood before it (manifest, statement, joined files); one since superseded is a note (export again).
+stood before it (manifest, statement, joined files) and every document attached to the session before it
+(its ``attached`` entries); one since superseded is a note (export again).
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ def session_set_findings(
     joins: Mapping[str, tuple[int, Mapping[str, Any]]],
     sealed: Mapping[str, list[tuple[int, str]]],
     sealed_item: Callable[[str], SealedFacts | None],
+    agent_started_seq: int | None = None,
 ) -> tuple[list[Problem], list[str]]:
     """Problems and notes of one session's products (`joins`: its `joined` entries by item; `sealed`: its
-    sealed segments by source, in ledger order; `sealed_item`: the lookup of one item's sealed facts)."""
+    sealed segments by source, in ledger order; `sealed_item`: the lookup of one item's sealed facts;
+    `agent_started_seq`: the seq of the ledger's newest ``station_started``, if any)."""
     session = known.session
     problems: list[Problem] = []
     notes: list[str] = []
@@ -95,10 +100,15 @@ def session_set_findings(
         owed = (f"its newest sealed manifest (item {known.manifest.item}, sealed at ledger seq "
                 f"{known.manifest_sealed_seq}) has no products made from it: its joined files and statement "
                 "are owed (the agent makes them at its next start), and no disc can carry them")
+        sealed_at = known.manifest_sealed_seq
         if known.made:
             # Made before from an older manifest: what the newer one added (segments sealed after the
             # stop, review 28) is in no joined file and on no disc.
             problems.append(Problem(f"room session {session}", owed))
+        elif agent_started_seq is not None and sealed_at is not None and agent_started_seq > sealed_at:
+            # The start that owed them has come and gone (unless it is making them right now).
+            problems.append(Problem(f"room session {session}", f"{owed}; the agent started since (ledger seq "
+                                    f"{agent_started_seq}) and has not made them"))
         else:
             # Never made yet (a stop making them now, or cut short): nothing claimed is untrue.
             notes.append(f"room session {session}: {owed}")
@@ -152,10 +162,13 @@ def _statement_problems(
     return []
 
 
-def export_problems(exported: LedgerEntry, then: SessionProducts | None,
-                    now: SessionProducts | None) -> tuple[list[Problem], list[str]]:
-    """Whether the disc of `exported` carried the newest set as it stood before it (`then`), and whether a
-    newer set has been made since (`now`) (pure)."""
+def export_problems(
+    exported: LedgerEntry, then: SessionProducts | None, now: SessionProducts | None,
+    attached: Iterable[str] = (),
+) -> tuple[list[Problem], list[str]]:
+    """Whether the disc of `exported` carried the newest set as it stood before it (`then`) and every
+    document attached to the session before it (`attached`: their items), and whether a newer set has
+    been made since (`now`) (pure)."""
     where = f"ledger seq {exported.seq} (exported)"
     newest = None if then is None else then.newest
     if newest is None:
@@ -176,6 +189,11 @@ def export_problems(exported: LedgerEntry, then: SessionProducts | None,
     if differ:
         return [Problem(where, "the disc did not carry the newest products (room_products seq "
                                f"{newest.seq}): " + "; ".join(differ[:LISTED]))], []
+    documents = set(carried.values())
+    left_off = [item for item in attached if item not in documents]
+    if left_off:
+        return [Problem(where, f"the disc did not carry {len(left_off)} document(s) attached to the session "
+                               f"before it: {', '.join(left_off[:LISTED])}")], []
     current = None if now is None else now.newest
     if current is not None and current is not newest:
         return [], [f"room session {exported.data.get('room_session')}: the disc exported at ledger seq "
@@ -203,14 +221,19 @@ def _entries(conn: sqlite3.Connection, types: Iterable[str]) -> list[LedgerEntry
 def products_findings(conn: sqlite3.Connection) -> ProductFindings:
     """Every room session's products checked (see the module docstring)."""
     findings = ProductFindings([], [], 0)
-    entries = _entries(conn, (*SET_TYPES, EntryType.JOINED, EntryType.SEGMENT_SEALED, EntryType.EXPORTED))
+    entries = _entries(conn, (*SET_TYPES, EntryType.JOINED, EntryType.SEGMENT_SEALED, EntryType.EXPORTED,
+                              EntryType.STATION_STARTED, EntryType.ATTACHED))
+    agent_started_seq: int | None = None
     sets = ProductSets()
     joins: dict[str, dict[str, tuple[int, Mapping[str, Any]]]] = {}
     sealed: dict[str, dict[str, list[tuple[int, str]]]] = {}
-    exports: list[tuple[LedgerEntry, SessionProducts | None]] = []
+    exports: list[tuple[LedgerEntry, SessionProducts | None, list[str]]] = []
+    attached: dict[str, list[str]] = {}  # per session, the items of its documents so far
     for entry in entries:
         session = entry.data.get("room_session")
-        if entry.type in SET_TYPES:
+        if entry.type == EntryType.STATION_STARTED:
+            agent_started_seq = entry.seq
+        elif entry.type in SET_TYPES:
             sets.add(entry)
         elif not isinstance(session, str):
             continue
@@ -220,21 +243,24 @@ def products_findings(conn: sqlite3.Connection) -> ProductFindings:
             source = entry.data.get("source")
             if isinstance(source, str):
                 sealed.setdefault(session, {}).setdefault(source, []).append((entry.seq, entry.item))
+        elif entry.type == EntryType.ATTACHED and entry.item is not None:
+            attached.setdefault(session, []).append(entry.item)
         elif entry.type == EntryType.EXPORTED:
             known = sets.sessions.get(session)
             # What the set was then: a copy, as later entries add to it.
             exports.append((entry, None if known is None else SessionProducts(
-                known.session, known.manifest, known.manifest_sealed_seq, list(known.made))))
+                known.session, known.manifest, known.manifest_sealed_seq, list(known.made)),
+                list(attached.get(session, []))))
     for session in sorted(set(sets.sessions) | set(joins)):
         known = sets.sessions.get(session) or SessionProducts(session)
         findings.checked += 1
         problems, notes = session_set_findings(known, joins.get(session, {}), sealed.get(session, {}),
-                                               lambda item: sealed_facts(conn, item))
+                                               lambda item: sealed_facts(conn, item), agent_started_seq)
         findings.problems.extend(problems)
         findings.notes.extend(notes)
-    for exported, then in exports:
+    for exported, then, documents in exports:
         now = sets.sessions.get(str(exported.data["room_session"]))
-        problems, notes = export_problems(exported, then, now)
+        problems, notes = export_problems(exported, then, now, documents)
         findings.problems.extend(problems)
         findings.notes.extend(notes)
     return findings
