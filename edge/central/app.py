@@ -53,7 +53,7 @@ from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
-from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index
+from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index, Readers
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
@@ -123,9 +123,16 @@ class CentralParts:
         return self.objects
 
     async def read(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """``work(*args, **kwargs)``, reads of the index or the console's store, off the event loop
-        (:meth:`edge.central.storage.UnitOfWork.run_reads`)."""
-        return await self.index.unit.run_reads(functools.partial(work, *args, **kwargs))
+        """``work(*args, **kwargs)``, reads of the index or the console's store for the console, the read
+        side, auditors and the receiver's own rounds, off the event loop
+        (:meth:`edge.central.storage.UnitOfWork.run_reads`, :attr:`Readers.CONSOLE`)."""
+        return await self.index.unit.run_reads(functools.partial(work, *args, **kwargs), Readers.CONSOLE)
+
+    async def station_read(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """:meth:`read` for a station's request (its authentication, its ledger, the MQTT API and
+        commands), in the stations' own reader threads (:attr:`Readers.STATIONS`): auditors' slow reads
+        never hold the threads a station waits for."""
+        return await self.index.unit.run_reads(functools.partial(work, *args, **kwargs), Readers.STATIONS)
 
     async def write(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``work(*args, **kwargs)``, which opens its transactions itself, on the database's writer
@@ -283,7 +290,7 @@ class StationEndpoints:
     async def identify(self, request: web.Request) -> str:
         """The tus layer's caller: an enrolled, active station, or a tus refusal with a JSON body."""
         try:
-            return (await self.parts.read(self.parts.auth.station, request)).station_id
+            return (await self.parts.station_read(self.parts.auth.station, request)).station_id
         except Rejection as rejection:
             raise TusRequestError(rejection.status, str(rejection.code), rejection.detail) from None
 
@@ -291,7 +298,7 @@ class StationEndpoints:
         return await self.parts.registrar.rejected(rejection, station=caller.station_id, remote=caller.remote)
 
     async def ledger_head(self, request: web.Request) -> web.Response:
-        caller = await self.parts.read(self.parts.auth.station, request)
+        caller = await self.parts.station_read(self.parts.auth.station, request)
         try:
             answer = await self.parts.registrar.ledger_head(caller, request.match_info["station"])
             return json_response(answer)
@@ -299,7 +306,7 @@ class StationEndpoints:
             raise await self._recorded(rejection, caller) from None
 
     async def post_ledger(self, request: web.Request) -> web.Response:
-        caller = await self.parts.read(self.parts.auth.station, request)
+        caller = await self.parts.station_read(self.parts.auth.station, request)
         try:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
@@ -309,7 +316,7 @@ class StationEndpoints:
         return json_response(await self.parts.registrar.ledger_answer(caller))
 
     async def post_item(self, request: web.Request) -> web.Response:
-        caller = await self.parts.read(self.parts.auth.station, request)
+        caller = await self.parts.station_read(self.parts.auth.station, request)
         try:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
@@ -324,7 +331,7 @@ class StationEndpoints:
         return json_response({"receipt": registered.receipt.to_dict()}, status=status)
 
     async def tree_head(self, request: web.Request) -> web.Response:
-        await self.parts.read(self.parts.auth.station_or_reader, request)
+        await self.parts.station_read(self.parts.auth.station_or_reader, request)
         head = await self.parts.write(self._tree_head_now)
         return json_response(head.to_dict())
 
@@ -335,28 +342,28 @@ class StationEndpoints:
 
     async def checkpoint(self, request: web.Request) -> web.Response:
         """The latest tree head as a C2SP tlog-checkpoint signed note (text/plain), for outside witnesses."""
-        await self.parts.read(self.parts.auth.station_or_reader, request)
+        await self.parts.station_read(self.parts.auth.station_or_reader, request)
         head = await self.parts.write(self._tree_head_now)
         note = sign_note(checkpoint_text(head.origin, head.tree_size, head.root), head.origin,
                          self.parts.signing_key)
         return web.Response(text=note, content_type="text/plain", charset="utf-8")
 
     async def consistency(self, request: web.Request) -> web.Response:
-        await self.parts.read(self.parts.auth.station_or_reader, request)
+        await self.parts.station_read(self.parts.auth.station_or_reader, request)
         first = _size_param(request, "first")
         second = _size_param(request, "second")
-        size = await self.parts.read(self.parts.merkle.size)
+        size = await self.parts.station_read(self.parts.merkle.size)
         if not first <= second <= size:
             raise Rejection(
                 RejectCode.BAD_REQUEST,
                 f"expected 0 <= first <= second <= {size} (the log size), "
                 f"found first={first} second={second}",
             )
-        proof = await self.parts.read(self.parts.merkle.consistency_proof, first, second)
+        proof = await self.parts.station_read(self.parts.merkle.consistency_proof, first, second)
         return json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
 
     async def inclusion(self, request: web.Request) -> web.Response:
-        principal = await self.parts.read(self.parts.auth.station_or_reader, request)
+        principal = await self.parts.station_read(self.parts.auth.station_or_reader, request)
         item = request.query.get("item", "")
         receipt = await self.parts.registrar.receipt(item) if item else None
         if receipt is not None and principal.kind == "reader":
@@ -370,7 +377,7 @@ class StationEndpoints:
         if receipt is not None and principal.kind == "station":
             # A station learns about its own items only; another station's item answers exactly like an
             # item that does not exist, so the answer does not tell which items exist.
-            record = await self.parts.read(self.parts.index.item, item)
+            record = await self.parts.station_read(self.parts.index.item, item)
             if record is None or record.station != principal.name:
                 if record is not None:
                     log.warning("station %s asked for the inclusion proof of item %s of station %s",
@@ -578,7 +585,8 @@ def _add_mqtt_receiver(
     receiver = MqttReceiver(
         central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
         store=transfers, api=api,
-        station_check=station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt")),
+        station_check=station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt"),
+                                       reads=parts.station_read),
         queue_settings=queue_settings(mqtt),
     )
     app[MQTT_RECEIVER] = receiver

@@ -15,7 +15,7 @@ from __future__ import annotations
 from edge.central.config import CentralConfig, ConfigError, PostgresIndexConfig
 from edge.central.index import CentralIndexError
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, Index
+from edge.central.storage import CentralDatabase, Index, Readers
 
 __all__ = [
     "DatabaseNotSetUp",
@@ -76,7 +76,10 @@ def open_central_database(config: CentralConfig) -> CentralDatabase:
     try:
         return PostgresDatabase.open(index.url, password=password, console_key=config.layout.console_key,
                                      application_name=f"edge-central {config.central.id}",
-                                     owner_url=index.owner_url, owner_password=owner_password)
+                                     owner_url=index.owner_url, owner_password=owner_password,
+                                     statement_timeouts_s={
+                                         Readers.STATIONS: index.station_statement_timeout_s,
+                                         Readers.CONSOLE: index.console_statement_timeout_s})
     except (SchemaBehind, RuntimeRoleError) as exc:
         raise DatabaseNotSetUp(f"the index database {index.url} cannot be used: {exc}") from None
     except (psycopg.Error, SchemaError) as exc:

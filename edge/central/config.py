@@ -117,6 +117,16 @@ class PostgresIndexConfig(StrictModel):
     owner_password: SecretRef | None = Field(
         None, description="The owner role's password as a secret reference (env:, file:, credential:)"
     )
+    # A held table or a slow query must not keep a reader thread indefinitely (review 13): PostgreSQL
+    # cancels a reader's statement past these (lock waits included); the request answers 503.
+    station_statement_timeout_s: float = Field(
+        10.0, ge=0.1, le=600, description="Time limit of a statement read for a station (authentication, "
+        "registration and ledger reads, the MQTT API), in its own reader threads"
+    )
+    console_statement_timeout_s: float = Field(
+        30.0, ge=0.1, le=3600, description="Time limit of a statement read for the console, the read side, "
+        "auditors, statistics, readiness and metrics, in their own reader threads"
+    )
 
     @field_validator("url", "owner_url")
     @classmethod

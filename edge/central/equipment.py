@@ -269,7 +269,7 @@ class EquipmentEndpoints:
     async def officers(self, request: web.Request) -> web.Response:
         from edge.central.app import json_response
 
-        caller = await self.parts.read(self.parts.auth.station, request)
+        caller = await self.parts.station_read(self.parts.auth.station, request)
         answer = await self.parts.write(station_officers, self.parts, self.store, caller,
                                         request.match_info["station"], _have(request))
         return json_response(answer, headers={"Cache-Control": "no-store"})
@@ -277,7 +277,7 @@ class EquipmentEndpoints:
     async def fleet_report(self, request: web.Request) -> web.Response:
         from edge.central.app import json_response, read_json_body
 
-        caller = await self.parts.read(self.parts.auth.station, request)
+        caller = await self.parts.station_read(self.parts.auth.station, request)
         doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         return json_response(await self.parts.write(station_fleet_report, self.parts, self.store, caller,
                                                     request.match_info["station"], doc))

@@ -167,6 +167,15 @@ class Readiness:
         }
         if not isinstance(self._parts.objects, FileObjectStore):  # a local folder is the "store" check
             results["objects"] = await self._timed("objects", "unreachable", self._objects, details)
+        # A warning, never a failed check: read off the loop within the probes' time limit (review 13),
+        # and not when the index check names a database that does not answer.
+        pending: list[int] = []
+
+        async def pending_locks() -> None:
+            pending.append(await self._parts.read(self._parts.index.pending_lock_count))
+
+        if results["index"] == "ok":
+            await self._timed("lock_extensions", "not_answering", pending_locks, {})
         failed = frozenset(name for name, word in results.items() if word != "ok")
         if failed != self._last_failed:
             if failed:
@@ -176,16 +185,13 @@ class Readiness:
                 log.info("central ready again: store, index and signer answer")
             self._last_failed = failed
         self._check_crl()
-        self._check_lock_extensions()
+        if pending:
+            self._check_lock_extensions(pending[0])
         return results
 
-    def _check_lock_extensions(self) -> None:
+    def _check_lock_extensions(self, pending: int) -> None:
         """Warn while object-lock extensions wait for the store (evidence locked for less than its class
         requires): the central still takes evidence, so it stays ready."""
-        try:
-            pending = self._parts.index.pending_lock_count()
-        except Exception:  # the index check names a database that does not answer
-            return
         if pending and "lock_extensions" not in self.warnings:
             log.warning("%d object lock extension(s) wait for the object store (retried every %g s): "
                         "their evidence is locked for less than its retention class requires", pending,
@@ -253,7 +259,8 @@ class Readiness:
             raise ConnectionError(problem)
 
     async def _index(self) -> None:
-        size = await self._parts.read(self._parts.merkle.size)
+        # What a station's read gets: the stations' reader threads.
+        size = await self._parts.station_read(self._parts.merkle.size)
         if size < 0:
             raise ValueError(f"the log reports a negative size {size}")
 
@@ -290,13 +297,16 @@ def add_health_routes(app: web.Application, readiness: Readiness) -> None:
     app.router.add_get(READYZ, readyz, allow_head=False)
 
 
-def metrics_app(metrics: CentralMetrics, readiness: Readiness) -> web.Application:
+def metrics_app(metrics: CentralMetrics, readiness: Readiness, parts: CentralParts) -> web.Application:
     """The loopback-only application: ``/metrics``, ``/healthz`` and ``/readyz``."""
     healthz, readyz = _handlers(readiness)
 
     async def exposition(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE,
-                                                                "Cache-Control": "no-store"})
+        # Built in a reader (``CentralParts.read``): its collectors read the log's size, the pending lock
+        # extensions and the fleet from the index when scraped, which must not wait on the loop (review 13).
+        body = await parts.read(metrics.exposition)
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE,
+                                                "Cache-Control": "no-store"})
 
     app = web.Application()
     app.router.add_get(METRICS, exposition, allow_head=False)

@@ -141,8 +141,12 @@ _RESULTS_AWAITED = 64
 # A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
 _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
-StationCheck = Callable[[str], str | None]
-"""The reason a station may not send (not enrolled, revoked), or None when it may."""
+# How a station check's read is run off the loop: ``CentralParts.station_read``.
+StationReads = Callable[[Callable[[str], str | None], str], Awaitable[str | None]]
+
+StationCheck = Callable[[str], Awaitable[str | None]]
+"""The reason a station may not send (not enrolled, revoked), or None when it may; awaited, its read of
+the index off the event loop (:func:`station_check_of`)."""
 
 
 def transfers_store(config: CentralConfig) -> MqttIngestStore:
@@ -452,7 +456,7 @@ class MqttReceiver:
                          *, await_broker: bool) -> None:
         """Carry ``command`` out in the store (on ``executor``; None: the default one) and answer it
         (``await_broker``: see :meth:`_answer_transfer`)."""
-        refusal = self._station_check(station) if self._station_check is not None else None
+        refusal = await self._station_check(station) if self._station_check is not None else None
         if refusal is not None:
             outcome = Outcome(command, ReasonCode.CANCEL, refusal)
         else:
@@ -579,8 +583,10 @@ class MqttReceiver:
                       "done unanswered (the station asks again)", answer.topic, exc)
 
 
-def station_check_of(check: Callable[[str], Any]) -> StationCheck:
-    """A :data:`StationCheck` from a callable that raises :class:`Rejection` (``Authenticator``'s)."""
+def station_check_of(check: Callable[[str], Any], *, reads: StationReads) -> StationCheck:
+    """A :data:`StationCheck` from a callable that raises :class:`Rejection` (``Authenticator``'s, which
+    records the refusal itself), run by ``reads`` (``CentralParts.station_read``): every init, segment and
+    fin is checked, and on PostgreSQL a read that waits must not stall the event loop (review 13)."""
 
     def checked(station: str) -> str | None:
         try:
@@ -589,7 +595,10 @@ def station_check_of(check: Callable[[str], Any]) -> StationCheck:
             return f"{rejection.code}: {rejection.detail}"
         return None
 
-    return checked
+    async def awaited(station: str) -> str | None:
+        return await reads(checked, station)
+
+    return awaited
 
 
 class SupervisedReceiver:

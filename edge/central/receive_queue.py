@@ -319,7 +319,9 @@ class ReceiveQueue:
 
     @property
     def waiting(self) -> int:
-        return sum(w.messages for w in self._waiting.values())
+        # Also read by a /metrics scrape in a reader thread: list() copies the values at once (under the
+        # GIL), so a message the loop adds meanwhile cannot fail the iteration.
+        return sum(w.messages for w in list(self._waiting.values()))
 
     def waiting_of(self, station: str) -> tuple[int, int]:
         """Messages and payload bytes of ``station`` waiting."""

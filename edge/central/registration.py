@@ -50,7 +50,7 @@ from edge.central.objects import (
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
-from edge.central.storage import Index, PendingLock, UnitOfWork
+from edge.central.storage import Index, PendingLock, Readers, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
@@ -769,7 +769,7 @@ class Registrar:
         """The station's accepted head, its newest checkpoint, the head witnessed and the log's tree head."""
         self._same_station(caller, path_station)
         checkpoint = await self.index.unit.run_reads(
-            functools.partial(self.index.latest_checkpoint, caller.station_id))
+            functools.partial(self.index.latest_checkpoint, caller.station_id), Readers.STATIONS)
         answer = await self.ledger_answer(caller)
         return {**answer, "checkpoint": checkpoint.to_dict() if checkpoint else None}
 
@@ -787,7 +787,7 @@ class Registrar:
             seq, hash_hex = self.index.ledger_head(caller.station_id)
             return seq, hash_hex, self.witnessed_head(caller.station, (seq, hash_hex))
 
-        seq, hash_hex, witnessed = await self.index.unit.run_reads(head_witnessed)
+        seq, hash_hex, witnessed = await self.index.unit.run_reads(head_witnessed, Readers.STATIONS)
         # In the writer's thread: the transaction may wait for another receiver's (issue 13).
         tree_head = await self.index.unit.run_writes(self._tree_head_now)
         return {
@@ -851,7 +851,7 @@ class Registrar:
         public_key = self._enrolled_key(caller)
         async with self._station_locks[station_id]:
             head, accepted, item_heads = await self.index.unit.run_reads(
-                functools.partial(self._segment_context, station_id, entries))
+                functools.partial(self._segment_context, station_id, entries), Readers.STATIONS)
             new = await asyncio.to_thread(
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
                 accepted=accepted, item_heads=item_heads,
@@ -886,7 +886,8 @@ class Registrar:
         if new:
             log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
                      extra=event_fields(event="ledger_accepted", station=station_id, seq=new[-1].seq))
-        return await self.index.unit.run_reads(functools.partial(self.index.ledger_head, station_id))
+        return await self.index.unit.run_reads(functools.partial(self.index.ledger_head, station_id),
+                                               Readers.STATIONS)
 
     def _segment_context(
         self, station_id: str, entries: Sequence[LedgerEntry]
@@ -965,7 +966,8 @@ class Registrar:
         replay = await self._replay(caller, manifest, manifest_text, upload_id)
         if replay is not None:
             return replay
-        await self.index.unit.run_reads(functools.partial(self._check_signed_and_chained, caller, manifest))
+        await self.index.unit.run_reads(functools.partial(self._check_signed_and_chained, caller, manifest),
+                                        Readers.STATIONS)
         source = await asyncio.to_thread(self._finished_upload, caller, upload_id)
         if source.length != size or (source.sha256 is not None and source.sha256 != sha256):
             await asyncio.to_thread(self._discard_upload, upload_id)
@@ -1153,7 +1155,8 @@ class Registrar:
     async def _replay(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
     ) -> Registered | None:
-        existing = await self.index.unit.run_reads(functools.partial(self.index.item, str(manifest["item"])))
+        existing = await self.index.unit.run_reads(functools.partial(self.index.item, str(manifest["item"])),
+                                                   Readers.STATIONS)
         if existing is None:
             return None
         self._replay_of(caller, existing, manifest, manifest_text)

@@ -239,7 +239,7 @@ async def start_central(
 
 async def _serve_metrics(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
     """The loopback-only listener of /metrics, /healthz and /readyz; (its runner, its URL)."""
-    runner = web.AppRunner(metrics_app(app[METRICS], app[READINESS]), access_log=None)
+    runner = web.AppRunner(metrics_app(app[METRICS], app[READINESS], app[CENTRAL]), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, METRICS_LISTEN, port, reuse_address=True)

@@ -89,7 +89,7 @@ class StationLedgerRead:
     async def _authorised(self, request: web.Request, station: str) -> ReaderScope | None:
         """The station itself (None), or a reader's scope after its read is logged; raises
         :class:`Rejection`. A reader (role reader) reads the ledgers of its units' stations only."""
-        principal = await self.parts.read(self.parts.auth.station_or_reader, request)
+        principal = await self.parts.station_read(self.parts.auth.station_or_reader, request)
         if principal.kind == "station":
             if principal.name != station:
                 log.warning("station %s asked for the ledger of station %r", principal.name, station[:64])
@@ -116,8 +116,12 @@ class StationLedgerRead:
         except CentralIndexError as exc:
             raise _bad(f"station: {exc}") from None
         after, limit = _parameters(request.query)
+        # Off the loop (review 13): a station's page in the stations' reader threads, a reader's in the
+        # console's.
+        read = self.parts.station_read if scope is None else self.parts.read
+        page = await read(self.page, station, after, limit, scope)
         return web.Response(
-            body=canonical_json(self.page(station, after, limit, scope)),
+            body=canonical_json(page),
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -85,6 +86,17 @@ class PendingLock:
 
 _T = TypeVar("_T")
 
+
+class Readers(StrEnum):
+    """Whose read it is, so that one kind's slow reads never take the threads the other needs
+    (:meth:`UnitOfWork.run_reads`; PostgreSQL gives each its own reader threads and statement timeout)."""
+
+    # The stations' traffic: authentication, registration and ledger reads, the MQTT API and commands.
+    STATIONS = "stations"
+    # Everything else: the console, the read side, auditors, statistics, readiness, metrics, rounds.
+    CONSOLE = "console"
+
+
 class UnitOfWork(Protocol):
     """Transactions over everything the central keeps in its database."""
 
@@ -104,11 +116,11 @@ class UnitOfWork(Protocol):
         thread; SQLite: inline)."""
         ...
 
-    async def run_reads(self, work: Callable[[], _T]) -> _T:
+    async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
         """``work()``, which only reads (committed rows), where a slow or unreachable database does not
-        stall the event loop (PostgreSQL: reader threads with connections of their own; SQLite: inline,
-        see :meth:`edge.central.sqlite.database.SqliteDatabase.run_reads`). Iterators must be consumed
-        inside ``work``."""
+        stall the event loop (PostgreSQL: the ``readers``' threads, each with a connection of its own;
+        SQLite: inline, see :meth:`edge.central.sqlite.database.SqliteDatabase.run_reads`). Iterators must
+        be consumed inside ``work``."""
         ...
 
 

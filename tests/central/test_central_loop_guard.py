@@ -5,9 +5,12 @@ network, and while it waits the receiver's event loop serves nothing (tus PATCHe
 checks). Coroutines hand them to ``run_reads`` / ``run_writes`` (``CentralParts.read`` / ``.write``) or a
 worker thread instead. This reads edge/central's source: a call, in the body of an ``async def`` (not in a
 function nested in it, which runs wherever it is handed), of a blocking method of the stores' protocols on
-a receiver named like one of them, is named here with its place. (A plain function called from a
-coroutine that reaches a store itself is not seen here: the off-the-loop tests with a blocked database,
-tests/central/test_postgres_*off_the_loop.py, cover the paths that matter.)
+a receiver named like one of them, is named here with its place; so is a call, in such a body, of a plain
+function or method of the same module (``self.page(...)``, ``_helper(...)``) that makes such a call itself or
+through another of the module's plain functions (review 13, rev13c: ``StationLedgerRead.page`` and
+``Readiness._check_lock_extensions`` read the index on the loop that way). (A store reached through another
+module's function or a callable attribute is not seen here: the off-the-loop tests with a blocked database,
+tests/central/test_postgres_*off_the_loop.py and test_rev13c_*, cover the paths that matter.)
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def _receiver_names(node: ast.expr) -> list[str]:
     return names
 
 
-def _direct_body(function: ast.AsyncFunctionDef) -> list[ast.AST]:
+def _direct_body(function: ast.AsyncFunctionDef | ast.FunctionDef) -> list[ast.AST]:
     """The nodes of ``function``'s own body, not of the functions and lambdas defined in it."""
     nested = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
     found: list[ast.AST] = []
@@ -68,9 +71,41 @@ def _direct_body(function: ast.AsyncFunctionDef) -> list[ast.AST]:
     return found
 
 
+def _is_store_call(node: ast.Call) -> bool:
+    return isinstance(node.func, ast.Attribute) and node.func.attr in BLOCKING \
+        and bool(STORE_NAMES & set(_receiver_names(node.func.value)))
+
+
+def _helper_name(node: ast.Call) -> str | None:
+    """The name of a call of the module's own function (``name(...)``) or method (``self.name(...)``)."""
+    if isinstance(node.func, ast.Name):
+        return node.func.id
+    if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) \
+            and node.func.value.id in ("self", "cls"):
+        return node.func.attr
+    return None
+
+
+def store_reaching_helpers(tree: ast.Module) -> set[str]:
+    """The module's plain functions and methods (by name) that call a store, directly or through others
+    of them: called on the loop, they block it as the store call would."""
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    for cls in (node for node in tree.body if isinstance(node, ast.ClassDef)):
+        functions += [node for node in cls.body if isinstance(node, ast.FunctionDef)]
+    calls = {function.name: [node for node in _direct_body(function) if isinstance(node, ast.Call)]
+             for function in functions}
+    reaching = {name for name, made in calls.items() if any(_is_store_call(call) for call in made)}
+    while more := {name for name, made in calls.items()
+                   if name not in reaching and any(_helper_name(call) in reaching for call in made)}:
+        reaching |= more
+    return reaching
+
+
 def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
     found = []
-    for function in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    helpers = store_reaching_helpers(tree)
+    for function in ast.walk(tree):
         if not isinstance(function, ast.AsyncFunctionDef):
             continue
         body = _direct_body(function)
@@ -79,11 +114,12 @@ def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
         for node in body:
             if id(node) in awaited or not isinstance(node, ast.Call):
                 continue
-            if not isinstance(node.func, ast.Attribute):
-                continue
-            if node.func.attr in BLOCKING and STORE_NAMES & set(_receiver_names(node.func.value)):
+            if _is_store_call(node):
+                assert isinstance(node.func, ast.Attribute)
                 receiver = ".".join(reversed(_receiver_names(node.func.value)))
                 found.append(f"{where}:{node.lineno} in {function.name}: {receiver}.{node.func.attr}(...)")
+            elif (helper := _helper_name(node)) in helpers:
+                found.append(f"{where}:{node.lineno} in {function.name}: {helper}(...) reaches a store")
     return found
 
 
@@ -91,6 +127,8 @@ def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
 ALLOWED = {
     # Shutting the application down: waits for the writer thread's last transaction on purpose.
     ("app.py", "database.close"),
+    # The demo's start: `edge central init` and the station's enrollment, before the central serves.
+    ("embedded.py", "initialise"),
 }
 
 
@@ -114,3 +152,27 @@ def test_control_the_guard_names_a_direct_call_and_leaves_a_handed_one() -> None
         "    return await self.parts.write(nested)\n"
     )
     assert blocking_calls_in_coroutines(source, "x.py") == ["x.py:2 in handler: self.parts.index.item(...)"]
+
+
+def test_control_the_guard_names_a_helper_that_reaches_a_store_and_leaves_a_handed_one() -> None:
+    source = (
+        "class Handler:\n"
+        "    async def get(self, station):\n"
+        "        answer = self.page(station)\n"
+        "        other = await self.parts.read(self.page, station)\n"
+        "        self.render(answer)\n"
+        "        return _wrapped(self, station)\n"
+        "    def page(self, station):\n"
+        "        return self.parts.index.ledger_head(station)\n"
+        "    def render(self, answer):\n"
+        "        return str(answer)\n"
+        "def _wrapped(handler, station):\n"
+        "    return handler.page(station) if station else _deeper(handler)\n"
+        "def _deeper(handler):\n"
+        "    return handler.parts.console.account('a')\n"
+    )
+    assert store_reaching_helpers(ast.parse(source)) == {"page", "_wrapped", "_deeper"}
+    assert blocking_calls_in_coroutines(source, "x.py") == [
+        "x.py:6 in get: _wrapped(...) reaches a store",
+        "x.py:3 in get: page(...) reaches a store",
+    ]

@@ -160,3 +160,40 @@ def test_sessions_of_a_central_before_the_row_seals_end_at_their_next_use(tmp_pa
         assert store.get(fresh) is not None
     finally:
         database.close()
+
+
+class _CountingRows:
+    """The console store's session rows, counting the writes (review 13, rev13c: a look-up must write
+    nothing, so that it can run in a reader rather than on the writer)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.writes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name in ("touch_session", "end_session"):
+            self.writes.append(name)
+        return attribute
+
+
+def test_a_look_up_writes_nothing_and_settle_writes_only_what_is_due(database: SqliteDatabase) -> None:
+    clock = Clock()
+    rows = _CountingRows(database.console)
+    store = SessionStore(rows, idle_s=15 * 60, absolute_s=8 * HOUR, clock=clock)
+    token, _ = store.create("li.legal", AuthMethod.PASSWORD)
+    rows.writes.clear()
+    assert store.look_up(secrets.token_urlsafe(32)) is None  # a made-up cookie: nothing to settle
+    fresh = store.look_up(token)
+    assert fresh is not None and fresh.session is not None and fresh.touch is None
+    assert store.settle(fresh) is fresh.session and rows.writes == []  # nothing due, nothing written
+    clock.now += 10 * 60
+    due = store.look_up(token)
+    assert due is not None and due.touch is not None and rows.writes == []
+    settled = store.settle(due)
+    assert settled is not None and settled.last_seen == clock.now and rows.writes == ["touch_session"]
+    clock.now += 2 * HOUR
+    idle = store.look_up(token)
+    assert idle is not None and idle.session is None and rows.writes == ["touch_session"]
+    assert store.settle(idle) is None and rows.writes == ["touch_session", "end_session"]
+    assert store.look_up(token) is None  # ended

@@ -34,6 +34,7 @@ from edge.central.storage import (
     Index,
     LogStore,
     PendingLock,
+    Readers,
     UnitOfWork,
 )
 from edge.central.tus_store import TusUploadStore
@@ -336,8 +337,8 @@ class WrappedDatabase:
     async def run_writes(self, work: Callable[[], _T]) -> _T:
         return await self._inner.run_writes(work)
 
-    async def run_reads(self, work: Callable[[], _T]) -> _T:
-        return await self._inner.run_reads(work)
+    async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
+        return await self._inner.run_reads(work, readers)
 
     @property
     def index(self) -> Index:

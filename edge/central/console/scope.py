@@ -31,7 +31,7 @@ import uuid
 from aiohttp import web
 
 from edge.central.app import CENTRAL, CentralParts
-from edge.central.console.sessions import COOKIE_NAME, AuthMethod, ConsoleSession
+from edge.central.console.sessions import COOKIE_NAME, AuthMethod, ConsoleSession, SessionLookup
 from edge.central.console.state import CONSOLE
 from edge.central.index import ItemRecord, ReaderScope, Role
 from edge.central.registration import RejectCode, Rejection
@@ -42,6 +42,7 @@ __all__ = [
     "ItemRecord",
     "ReaderScope",
     "Role",
+    "live_session",
     "log_read",
     "logged_read",
     "reader_scope",
@@ -58,14 +59,22 @@ SESSION_KEY = web.RequestKey("console-session", ConsoleSession)
 
 
 def session_of(request: web.Request) -> ConsoleSession | None:
-    """The live console session of the request's cookie, with its account or certificate still good."""
+    """The live console session of the request's cookie, with its account or certificate still good
+    (reads and writes in the caller's thread: :func:`live_session` splits them)."""
+    found = _looked_up(request)
+    return None if found is None else _settled(request, *found)
+
+
+def _looked_up(request: web.Request) -> tuple[SessionLookup, bool] | None:
+    """Reads only: the row of the request's cookie (None: no such row, nothing to write) and whether its
+    account or certificate is still good."""
     state = request.app.get(CONSOLE)
     if state is None:
         return None
-    store = state.sessions
-    session = store.get(request.cookies.get(COOKIE_NAME))
-    if session is None:
-        return None
+    found = state.sessions.look_up(request.cookies.get(COOKIE_NAME))
+    if found is None or found.session is None:
+        return None if found is None else (found, False)
+    session = found.session
     parts = request.app[CENTRAL]
     if session.method is AuthMethod.CERTIFICATE:
         record = parts.index.reader(session.reader)
@@ -73,12 +82,34 @@ def session_of(request: web.Request) -> ConsoleSession | None:
     else:
         account = parts.console.account(session.reader)
         still = account is not None and account.active
-    if not still:
+    return found, still
+
+
+def _settled(request: web.Request, found: SessionLookup, still: bool) -> ConsoleSession | None:
+    """The writes :func:`_looked_up` found due: a session whose account or certificate is gone ends with
+    every other of its reader's, a row that is no session ends, a live one's idle timer restarts."""
+    store = request.app[CONSOLE].sessions
+    session = found.session
+    if session is not None and not still:
         store.end_reader(session.reader)
         log.warning("console session of %s ended: its %s is no longer valid", session.reader,
                     "certificate" if session.method is AuthMethod.CERTIFICATE else "account")
         return None
-    return session
+    return store.settle(found)
+
+
+async def live_session(request: web.Request) -> ConsoleSession | None:
+    """:func:`session_of` off the event loop: the look-up in a reader (any cookie value, before anything
+    is authenticated, so it must not hold the writer every registration and signed head waits for:
+    review 13), the writer only for a row found to end or a live session's touch."""
+    parts = request.app[CENTRAL]
+    found = await parts.read(_looked_up, request)
+    if found is None:
+        return None
+    lookup, still = found
+    if lookup.session is not None and still and lookup.touch is None:
+        return lookup.session  # nothing to write
+    return await parts.write(_settled, request, lookup, still)
 
 
 def scope_of(parts: CentralParts, reader: str) -> ReaderScope:
@@ -96,8 +127,8 @@ def scope_of(parts: CentralParts, reader: str) -> ReaderScope:
 async def reader_scope(request: web.Request) -> ReaderScope:
     """The signed-in reader's scope (console session, else reader certificate); raises 401/403."""
     parts = request.app[CENTRAL]
-    # Off the event loop: a session's row is read (and its last use written), the grant read.
-    session = await parts.write(session_of, request)
+    # Off the event loop: a session's row and the grant read, its last use written on the writer.
+    session = await live_session(request)
     if session is not None:
         request[SESSION_KEY] = session
         return await parts.read(scope_of, parts, session.reader)

@@ -45,7 +45,7 @@ from enum import StrEnum
 from edge.central.storage import SessionRows
 
 __all__ = ["CLOCK_SKEW_S", "COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend",
-           "SessionStore",
+           "SessionLookup", "SessionStore", "SessionTouch",
            "session_row_mac", "token_row_key"]
 
 COOKIE_NAME = "__Host-edge-console"
@@ -78,6 +78,27 @@ class ConsoleSession:
     def csrf_ok(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode("utf-8", "replace"),
                                                              self.csrf_token.encode("ascii"))
+
+
+@dataclass(frozen=True)
+class SessionTouch:
+    """A live session's idle timer to restart: its row's new last use and seal, if its last use is still
+    ``last_seen_before`` (another receiver may have touched it meanwhile)."""
+
+    now: float
+    mac: str = field(repr=False)
+    last_seen_before: float
+
+
+@dataclass(frozen=True)
+class SessionLookup:
+    """What :meth:`SessionStore.look_up` read for a token's row: its live ``session`` (with the ``touch``
+    due, if any), or None when the row is no session (unsealed, expired, unknown method) and is ended by
+    :meth:`SessionStore.settle`."""
+
+    key: bytes = field(repr=False)
+    session: ConsoleSession | None
+    touch: SessionTouch | None = None
 
 
 # Where sessions are kept: the console store's session rows, by an HMAC of their token.
@@ -147,7 +168,14 @@ class SessionStore:
         return token_row_key(self._secret, token)
 
     def get(self, token: str | None) -> ConsoleSession | None:
-        """The live session of ``token`` (its idle timer restarted), None when unknown, ended or expired."""
+        """The live session of ``token`` (its idle timer restarted), None when unknown, ended or expired:
+        :meth:`look_up` then :meth:`settle`."""
+        found = self.look_up(token)
+        return None if found is None else self.settle(found)
+
+    def look_up(self, token: str | None) -> SessionLookup | None:
+        """What ``token``'s row says, read without writing anything (a reader's work: a request with a
+        made-up cookie never reaches the writer, review 13); None when there is no such row."""
         if not token or len(token) > _MAX_TOKEN_CHARS:
             return None
         key = self._key(token)
@@ -160,29 +188,38 @@ class SessionStore:
         if not isinstance(stored_mac, str) or not hmac.compare_digest(stored_mac.encode("ascii", "replace"),
                                                                       want.encode("ascii")):
             # Written or changed without the key (or by a central with another key): no session.
-            self.backend.end_session(key)
-            self._playbacks.pop(key, None)
-            return None
+            return SessionLookup(key, None)
         now = self.clock()
         created, last_seen = float(row["created_s"]), float(row["last_seen_s"])
         expires = min(float(row["expires_s"]), created + self.absolute_s)
         stepped_back = max(created, last_seen) > now + CLOCK_SKEW_S
         if stepped_back or now - last_seen > self.idle_s or now >= expires:
-            self.backend.end_session(key)
-            self._playbacks.pop(key, None)
-            return None
+            return SessionLookup(key, None)
         try:
             method = AuthMethod(row["method"])
         except ValueError:
-            self.backend.end_session(key)
-            return None
+            return SessionLookup(key, None)
+        touch = None
         if now - last_seen >= self.touch_every_s:
             mac = session_row_mac(self._secret, key, str(row["reader"]), str(method), row["cert_sha256"],
                                   created, float(row["expires_s"]), now)
-            if self.backend.touch_session(key, now, mac=mac, last_seen_before_s=last_seen):
-                last_seen = now
-        return ConsoleSession(row["reader"], method, created, last_seen, _csrf(token), row["cert_sha256"],
-                              self._playbacks_of(key))
+            touch = SessionTouch(now, mac, last_seen)
+        session = ConsoleSession(row["reader"], method, created, last_seen, _csrf(token), row["cert_sha256"],
+                                 self._playbacks_of(key))
+        return SessionLookup(key, session, touch)
+
+    def settle(self, found: SessionLookup) -> ConsoleSession | None:
+        """Write what :meth:`look_up` found due (the writer's work): end a row that is no session, or
+        restart a live session's idle timer; returns the live session."""
+        if found.session is None:
+            self.backend.end_session(found.key)
+            self._playbacks.pop(found.key, None)
+            return None
+        touch = found.touch
+        if touch is not None and self.backend.touch_session(found.key, touch.now, mac=touch.mac,
+                                                            last_seen_before_s=touch.last_seen_before):
+            found.session.last_seen = touch.now
+        return found.session
 
     def end(self, token: str | None) -> bool:
         if not token or len(token) > _MAX_TOKEN_CHARS:

@@ -41,7 +41,7 @@ from edge.central.app import CENTRAL, json_response, read_json_body
 from edge.central.auth import peer_certificate
 from edge.central.console.credentials import MAX_PASSWORD_CHARS, totp_step, verify_password
 from edge.central.console.enrolments import missing_totp_refusal, open_enrolled_totp
-from edge.central.console.scope import scope_of, session_of
+from edge.central.console.scope import live_session, scope_of
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey, SealedSecretError
 from edge.central.console.sessions import COOKIE_NAME, CSRF_HEADER, AuthMethod, ConsoleSession
 from edge.central.console.state import CONSOLE
@@ -227,7 +227,7 @@ async def sign_in_certificate(request: web.Request) -> web.Response:
 
 async def current_session(request: web.Request) -> web.Response:
     parts = request.app[CENTRAL]
-    session = await parts.write(session_of, request)
+    session = await live_session(request)
     if session is None:
         raise Rejection(RejectCode.UNAUTHENTICATED, "not signed in")
     response = json_response(await parts.read(_session_answer, request, session))
@@ -237,7 +237,7 @@ async def current_session(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     parts = request.app[CENTRAL]
-    session = await parts.write(session_of, request)
+    session = await live_session(request)
     if session is None:
         raise Rejection(RejectCode.UNAUTHENTICATED, "not signed in")
     require_same_origin(request)

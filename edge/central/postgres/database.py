@@ -34,14 +34,22 @@ from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import SchemaBehind, apply_migrations, check_runtime_role, owns_schema
 from edge.central.postgres.trail import PostgresTrailSealer
+from edge.central.storage import Readers
 
 __all__ = ["PostgresDatabase", "connect_owner"]
 
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
-# Reader threads of a receiver (each with its connection, opened at its first read).
+# Reader threads of a receiver per kind of reader (edge.central.storage.Readers), each with its connection
+# (opened at its first read): the stations' and the console's, so that slow auditor reads holding every
+# thread of theirs leave the stations' requests served (review 13).
 _READER_THREADS = 2
+# The longest a reader's statement runs (lock waits included) before PostgreSQL cancels it, so that a
+# held table does not keep a reader thread for as long as it is held: a station retries, an auditor's
+# search over a province may take longer. Configurable: central.index.*_statement_timeout_s.
+STATION_STATEMENT_TIMEOUT_S = 10.0
+CONSOLE_STATEMENT_TIMEOUT_S = 30.0
 
 _T = TypeVar("_T")
 
@@ -58,8 +66,13 @@ class PostgresDatabase:
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str, reconnect: Connect, *,
-                 console_key: Path | None = None, one_connection: bool = False) -> None:
+                 console_key: Path | None = None, one_connection: bool = False,
+                 statement_timeouts_s: dict[Readers, float] | None = None) -> None:
         self._conn = conn
+        # Each kind of reader's statement timeout, set on its threads' connections.
+        self._statement_timeouts_s = {Readers.STATIONS: STATION_STATEMENT_TIMEOUT_S,
+                                      Readers.CONSOLE: CONSOLE_STATEMENT_TIMEOUT_S,
+                                      **(statement_timeouts_s or {})}
         # A snapshot's or a read-only session's database: its transactions on the one connection, inside
         # whatever that connection's own transaction is (a snapshot's READ ONLY refuses any write).
         self._one_connection = one_connection
@@ -71,8 +84,9 @@ class PostgresDatabase:
         # connection, every other thread's to the reading one.
         self._in_transaction = threading.local()
         self._writer_thread: ThreadPoolExecutor | None = None
-        self._reader_threads: ThreadPoolExecutor | None = None
-        # In a reader thread: its own connection (``conn``), and whether it runs a read now.
+        self._reader_threads: dict[Readers, ThreadPoolExecutor] = {}
+        # In a reader thread: its own connection (``conn``), its kind (``readers``), and whether it runs a
+        # read now.
         self._reader_local = threading.local()
         self._reader_conns: list[psycopg.Connection[tuple[object, ...]]] = []
         self._reader_conns_lock = threading.Lock()
@@ -129,6 +143,14 @@ class PostgresDatabase:
             log.warning("a reader's connection to %s was lost; connecting again", self.where)
             conn.close()
         fresh = self._reconnect()
+        readers: Readers = self._reader_local.readers
+        try:
+            # set_config, not SET: a parameter, and for the session (false), every read of this thread.
+            fresh.execute("SELECT set_config('statement_timeout', %s, false)",
+                          (f"{round(self._statement_timeouts_s[readers] * 1000)}ms",))
+        except BaseException:
+            fresh.close()
+            raise
         with self._reader_conns_lock:
             if conn is not None and conn in self._reader_conns:
                 self._reader_conns.remove(conn)
@@ -194,7 +216,8 @@ class PostgresDatabase:
     @classmethod
     def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central",
              console_key: Path | None = None, owner_url: str | None = None,
-             owner_password: str | None = None) -> PostgresDatabase:
+             owner_password: str | None = None,
+             statement_timeouts_s: dict[Readers, float] | None = None) -> PostgresDatabase:
         """Connect, make sure the schema is this code's version and return the database. Passwords come
         from the configured secret references, never from the URLs.
 
@@ -238,7 +261,7 @@ class PostgresDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where, connect, console_key=console_key)
+        return cls(conn, where, connect, console_key=console_key, statement_timeouts_s=statement_timeouts_s)
 
     @classmethod
     def open_readonly(cls, url: str, *, password: str | None = None) -> PostgresDatabase:
@@ -285,16 +308,20 @@ class PostgresDatabase:
             self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-writer")
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, work)
 
-    async def run_reads(self, work: Callable[[], _T]) -> _T:
-        """``work()`` (reads only; a transaction it opens still goes to the writer) in a reader thread on
-        a connection of its own, so that the event loop keeps serving while PostgreSQL answers."""
+    async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
+        """``work()`` (reads only; a transaction it opens still goes to the writer) in one of the
+        ``readers``' threads, on a connection of its own, so that the event loop keeps serving while
+        PostgreSQL answers; a statement running past the ``readers``' statement timeout is cancelled
+        (``psycopg.errors.QueryCanceled``)."""
         if self._one_connection:
             return work()  # a snapshot's or a read-only session's database: never a receiver's loop
-        if self._reader_threads is None:
-            self._reader_threads = ThreadPoolExecutor(max_workers=_READER_THREADS,
-                                                      thread_name_prefix="postgres-reader")
+        threads = self._reader_threads.get(readers)
+        if threads is None:
+            threads = self._reader_threads[readers] = ThreadPoolExecutor(
+                max_workers=_READER_THREADS, thread_name_prefix=f"postgres-reader-{readers.value}")
 
         def read() -> _T:
+            self._reader_local.readers = readers
             self._reader_local.reading = True
             try:
                 return work()
@@ -304,15 +331,15 @@ class PostgresDatabase:
             finally:
                 self._reader_local.reading = False
 
-        return await asyncio.get_running_loop().run_in_executor(self._reader_threads, read)
+        return await asyncio.get_running_loop().run_in_executor(threads, read)
 
     def close(self) -> None:
         self._closed = True
         if self._writer_thread is not None:
             # A write still running finishes (or fails on its closed connection) before the close returns.
             self._writer_thread.shutdown(wait=True)
-        if self._reader_threads is not None:
-            self._reader_threads.shutdown(wait=True)
+        for threads in self._reader_threads.values():
+            threads.shutdown(wait=True)
         with self._reader_conns_lock:
             for reader in self._reader_conns:
                 reader.close()

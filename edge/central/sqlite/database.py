@@ -25,6 +25,7 @@ from edge.central.sqlite.lock_extensions import create_schema as create_lock_ext
 from edge.central.sqlite.log import SqliteLogStore
 from edge.central.sqlite.log import create_schema as create_log_schema
 from edge.central.sqlite.trail import create_trail_schema, register_sealer
+from edge.central.storage import Readers
 from edge.durable.files import create_private_file, ensure_private_dir
 from edge.durable.sqlite import immediate_transaction
 
@@ -119,7 +120,7 @@ class SqliteDatabase:
         for is only this process's own (no other receiver holds a store's SQLite file)."""
         return work()
 
-    async def run_reads(self, work: Callable[[], _T]) -> _T:
+    async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
         """``work()`` where it is, on the event loop, for the reason of :meth:`run_writes`: on the one
         connection a read in another thread could see the uncommitted rows of a transaction the loop is
         running, and a read of the local file never waits for another process."""
