@@ -292,7 +292,9 @@ def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
         raise SystemExit(f"set-up offload failed: {result.outcome} {result.errors[:3]}")
 
 
-def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int) -> None:
+def uplink_worker(
+    station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int, chunk_mb: int
+) -> None:
     """Drain one station's spool to the central; prints seconds, items and receipts as JSON."""
     from edge.ingest.store import StationStore
     from edge.uplink.service import UplinkService
@@ -305,6 +307,7 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
             "central_url": central_url,
             "identity_dir": str(bundle),
             "concurrency": concurrency,
+            "chunk_mb": chunk_mb,
         },
     )
     store = StationStore(store_dir, station_id)
@@ -362,6 +365,7 @@ def spawn_uplink(
     central: Central,
     bundle: Path,
     concurrency: int,
+    chunk_mb: int = 8,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -373,6 +377,7 @@ def spawn_uplink(
             central.url,
             str(bundle),
             str(concurrency),
+            str(chunk_mb),
         ],
         stdout=subprocess.PIPE,
     )
@@ -453,7 +458,8 @@ def drop_cache(files: list[Path]) -> None:
 
 
 def mode_single(
-    work: Path, total_mb: int, files: int, concurrency: int, rounds: int, bucket: Bucket | None = None
+    work: Path, total_mb: int, files: int, concurrency: int, rounds: int, bucket: Bucket | None = None,
+    chunk_mb: int = 8,
 ) -> dict[str, Any]:
     volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
     template = work / "station-template"
@@ -492,7 +498,8 @@ def mode_single(
                         per_gb(process_cpu_s(central.proc.pid) - central_before, content_bytes)
                     )
                 else:
-                    result, peak = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
+                    uplink = spawn_uplink("BENCH-01", store, central, bundle, concurrency, chunk_mb)
+                    result, peak = reap(uplink)
                     if result["receipts"] != result["items"]:
                         raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
                     samples["edge"].append(result["seconds"])
@@ -633,6 +640,8 @@ def main() -> int:
     parser.add_argument("--total-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=16, help="files per station")
     parser.add_argument("--concurrency", type=int, default=2, help="uplink uploads in flight")
+    parser.add_argument("--chunk-mb", type=int, default=8,
+                        help="the uplink's tus PATCH size ([uplink] chunk_mb)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
@@ -644,11 +653,11 @@ def main() -> int:
                         help="--s3: the centrals' [objects] payload_signing (the gateway is plain http)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir")
-    parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--uplink-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.uplink_worker:
-        sid, store, url, bundle, conc = args.uplink_worker
-        uplink_worker(sid, Path(store), url, Path(bundle), int(conc))
+        sid, store, url, bundle, conc, chunk_mb = args.uplink_worker
+        uplink_worker(sid, Path(store), url, Path(bundle), int(conc), int(chunk_mb))
         return 0
     work = (
         Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-upbench-", dir="/var/tmp"))
@@ -668,7 +677,8 @@ def main() -> int:
                 result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
                                      Bucket(gateway, args.s3_payload_signing))
         else:
-            result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
+            result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
+                                 chunk_mb=args.chunk_mb)
     finally:
         for profiler in PROFILERS:
             profiler.wait(120)
