@@ -68,7 +68,6 @@ from edge.pki.names import IdentityError
 from edge.rooms.hardware import RoomHardware
 from edge.rooms.service import RoomService
 from edge.runtime.clock import station_clock_trust
-from edge.runtime.gcsettle import settle_after_startup
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
@@ -1354,7 +1353,6 @@ async def run_station(config: StationConfig, config_path: Path | None = None) ->
     nls = await asyncio.to_thread(nls_problem, config.usb.vfat_codepage)
     if nls is not None:
         log.warning("%s", nls)
-    settle_after_startup()  # the collector no longer walks what start-up built (edge.runtime.gcsettle)
     try:
         await agent.run(stop, notifier=notifier)
     except SupervisorGaveUp as exc:

@@ -39,7 +39,6 @@ from edge.central.limits import HttpBounds
 from edge.central.storage import CentralDatabase
 from edge.custody.keys import StationKey
 from edge.durable.lock import StoreLock
-from edge.runtime.gcsettle import settle_after_startup
 from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = ["RunningCentral", "run_central", "start_central"]
@@ -274,7 +273,6 @@ async def _serve(config: CentralConfig) -> int:
         except OSError as exc:
             log.error("central cannot listen on %s:%d: %s", config.server.listen, config.server.port, exc)
             return 1
-        settle_after_startup()  # the collector no longer walks what start-up built (edge.runtime.gcsettle)
         notifier.ready(f"central {config.central.id} serving on {running.url}")
         watchdog = asyncio.create_task(_watchdog(notifier), name="central-watchdog")
         try:

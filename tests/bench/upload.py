@@ -323,9 +323,6 @@ def uplink_worker(
 
     import edge.pki.tls
     import edge.uplink.tus_transport  # noqa: F401
-    from edge.runtime.gcsettle import settle_after_startup
-
-    settle_after_startup()  # as `edge run` does before the agent runs
 
     cpu_before = 0.0
 
