@@ -963,6 +963,10 @@ class UploadWrite(UploadWriteBase):
         fd = self._fd_or_raise()
         if self._offset == self._committed:
             return self._info
+        # Once per chunk (the uplink's 8 MiB PATCH): this fsync, the record's atomic write (its own fsync,
+        # the rename, the directory's fsync) and the request around it cost about 0.2 CPU s per GiB, 1.5 ms
+        # a PATCH (upload.py --chunk-mb 32 against 8). Needed: the offset HEAD answers is the durable one (the
+        # commit rule in the module docstring), and a station resumes from it after either side crashes.
         os.fsync(fd)
         sha256: str | None = None
         received: ReceivedContent | None = None

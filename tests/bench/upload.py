@@ -1,6 +1,6 @@
 """Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
-    python tests/bench/upload.py [--total-mb 1024] [--json]
+    python tests/bench/upload.py [--total-mb 1024] [--files 16] [--chunk-mb 8] [--json]
     python tests/bench/upload.py --pipeline [--file-mb 50] [--rounds 3] [--embedded-central]
     python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
@@ -18,6 +18,11 @@ excluded; target <= 1.5) and central_cpu_s_per_gb (the `edge central` process fr
 to its end: upload, registration, receipts; target <= 2.5); curl_cpu_s_per_gb and
 curl_central_cpu_s_per_gb the same for the curl contender (TLS and the receive path without
 per-chunk checksums or registration: the floor).
+--files sets the file size (TOTAL / FILES): per-item work (tus creation, ledger segment, registration,
+receipt) is about 13 ms of the central's CPU and 5 ms of the station's per item here, so small files
+measure it more than the bytes. curl's own CPU grows with the file size (it reads each file whole
+into memory: 1.5 CPU s per GiB with 16 MiB files, 2.5 to 2.9 with 64 to 256 MiB files), so compare the
+station with curl at 16 to 32 MiB files. --chunk-mb: the uplink's tus PATCH size ([uplink] chunk_mb).
 
 --pipeline: `edge demo --file-mb N --json --central-process` (the central as deployed, `edge central
 run` in its own process with mutual TLS; offload, upload and receipt overlap; recorders erased after
@@ -292,7 +297,9 @@ def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
         raise SystemExit(f"set-up offload failed: {result.outcome} {result.errors[:3]}")
 
 
-def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int) -> None:
+def uplink_worker(
+    station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int, chunk_mb: int
+) -> None:
     """Drain one station's spool to the central; prints seconds, items and receipts as JSON."""
     from edge.ingest.store import StationStore
     from edge.uplink.service import UplinkService
@@ -305,6 +312,7 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
             "central_url": central_url,
             "identity_dir": str(bundle),
             "concurrency": concurrency,
+            "chunk_mb": chunk_mb,
         },
     )
     store = StationStore(store_dir, station_id)
@@ -359,6 +367,7 @@ def spawn_uplink(
     central: Central,
     bundle: Path,
     concurrency: int,
+    chunk_mb: int = 8,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
@@ -370,6 +379,7 @@ def spawn_uplink(
             central.url,
             str(bundle),
             str(concurrency),
+            str(chunk_mb),
         ],
         stdout=subprocess.PIPE,
     )
@@ -450,7 +460,8 @@ def drop_cache(files: list[Path]) -> None:
 
 
 def mode_single(
-    work: Path, total_mb: int, files: int, concurrency: int, rounds: int, bucket: Bucket | None = None
+    work: Path, total_mb: int, files: int, concurrency: int, rounds: int, bucket: Bucket | None = None,
+    chunk_mb: int = 8,
 ) -> dict[str, Any]:
     volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
     template = work / "station-template"
@@ -489,7 +500,8 @@ def mode_single(
                         per_gb(process_cpu_s(central.proc.pid) - central_before, content_bytes)
                     )
                 else:
-                    result, peak = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
+                    uplink = spawn_uplink("BENCH-01", store, central, bundle, concurrency, chunk_mb)
+                    result, peak = reap(uplink)
                     if result["receipts"] != result["items"]:
                         raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
                     samples["edge"].append(result["seconds"])
@@ -630,6 +642,8 @@ def main() -> int:
     parser.add_argument("--total-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=16, help="files per station")
     parser.add_argument("--concurrency", type=int, default=2, help="uplink uploads in flight")
+    parser.add_argument("--chunk-mb", type=int, default=8,
+                        help="the uplink's tus PATCH size ([uplink] chunk_mb)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
@@ -641,11 +655,11 @@ def main() -> int:
                         help="--s3: the centrals' [objects] payload_signing (the gateway is plain http)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir")
-    parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--uplink-worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.uplink_worker:
-        sid, store, url, bundle, conc = args.uplink_worker
-        uplink_worker(sid, Path(store), url, Path(bundle), int(conc))
+        sid, store, url, bundle, conc, chunk_mb = args.uplink_worker
+        uplink_worker(sid, Path(store), url, Path(bundle), int(conc), int(chunk_mb))
         return 0
     work = (
         Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-upbench-", dir="/var/tmp"))
@@ -665,7 +679,8 @@ def main() -> int:
                 result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
                                      Bucket(gateway, args.s3_payload_signing))
         else:
-            result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
+            result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
+                                 chunk_mb=args.chunk_mb)
     finally:
         for profiler in PROFILERS:
             profiler.wait(120)
