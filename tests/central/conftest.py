@@ -449,3 +449,13 @@ async def register_over_http(
     upload = await tus_upload(session, central_url, acquired.content, headers)
     body = {"upload": upload, "manifest": acquired.manifest, "ledger": station.segment(after)}
     return await post_json(session, f"{central_url}/v1/stations/{station.station_id}/items", body, headers)
+
+
+async def answers_healthz_again(url: str) -> None:
+    """After a control that stalled the loop: /healthz is answered once the stall is over. Its connection
+    queues behind the stalled probe's, so the receiver has accepted (and now owns) that one before it stops:
+    a stop racing the stale connection's accept left its transport unclosed (a ResourceWarning in the next
+    test)."""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(f"{url}/healthz") as response:
+        assert response.status == 200, "the receiver did not answer /healthz after the stall ended"

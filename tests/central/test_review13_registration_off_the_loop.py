@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edge.central.postgres.tus_shared_store import SharedTusStore, _lock_key
-from tests.central.conftest import FakeStation
+from tests.central.conftest import FakeStation, answers_healthz_again
 from tests.central.receivers import ReceiverSite
 from tests.central.test_postgres_writer_off_the_loop import _waiting_on_advisory_lock
 from tests.central.test_tus_shared_store import (
@@ -138,4 +138,5 @@ async def test_control_the_same_claim_on_the_event_loop_stalls_the_receiver(
     await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
     assert probe.claim_seen_waiting
     assert probe.healthz_status is None, "control: /healthz was answered while the loop was blocked"
+    await answers_healthz_again(pair.url("a"))
 
