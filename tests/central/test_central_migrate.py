@@ -130,6 +130,10 @@ async def _make_site(tmp_path: Path, gateway: CephGateway, station: FakeStation,
     running = await start_central(load_central_config(source))
     try:
         first, first_sha, first_item = await _register(running, bundle, station, b"first clip " * 3000, 0)
+        if tsa is not None:
+            # The stamper stamps only the newest unstamped head (it covers the older ones): the first head
+            # is stamped before the second exists, or a loaded machine leaves one stamp, not two.
+            await _stamps_reach(source, 1)
         accepted_to = station.ledger.head()[0]
         station.tag(first_item, {"retention": "permanent", "case_number": "A-2026-7"})
         second, second_sha, second_item = await _register(running, bundle, station, os.urandom(600_000),
@@ -137,13 +141,18 @@ async def _make_site(tmp_path: Path, gateway: CephGateway, station: FakeStation,
         accepted_to = station.ledger.head()[0]
         running.parts.console.grant("auditor-1", Role.SUPERVISOR, (), by="admin", reason="migration test")
         if tsa is not None:
-            async with asyncio.timeout(60):
-                while _stamped(load_central_config(source).layout.index_db) < 2:
-                    await asyncio.sleep(0.05)
+            await _stamps_reach(source, 2)
     finally:
         await running.stop()
     return Site(source, target, bundle, bucket, [first, second], [first_sha, second_sha],
                 [first_item, second_item], accepted_to)
+
+
+async def _stamps_reach(source: Path, count: int) -> None:
+    """Wait (bounded) until the running embedded central has time-stamped `count` checkpoints."""
+    async with asyncio.timeout(60):
+        while _stamped(load_central_config(source).layout.index_db) < count:
+            await asyncio.sleep(0.05)
 
 
 def _stamped(index_db: Path) -> int:
