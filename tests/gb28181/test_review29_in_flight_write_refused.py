@@ -62,7 +62,7 @@ async def _transfer(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.Mo
                     in_flight: bool) -> MediaOutcome:
     """The device streams the recording and closes its TCP connection. `in_flight`: the receiver's first
     write (handed to its worker thread) completes only after the session ended, refused ENOSPC; else the
-    writes during the stream are taken and the write `_finish` makes is refused."""
+    write during the stream is taken once the session ended and the write `_finish` makes is refused."""
     real_write_all = media_module._write_all
     box: list[MediaReceiver] = []
 
@@ -74,6 +74,12 @@ async def _transfer(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.Mo
         raise _refused()
 
     def taken(fd: int, data: bytes | bytearray) -> int:
+        # Held until the stream has ended, so the rest of the stream waits in the buffer and `_finish` makes
+        # the last write; without the hold a loaded machine's one late flush could take every byte, leaving
+        # `_finish` nothing to write (and this control no refusal to classify).
+        deadline = time.monotonic() + 120.0
+        while box[0]._ended is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         real_write_all(fd, data)
         stats = os.fstatvfs(fd)
         return stats.f_bavail * stats.f_frsize
