@@ -56,6 +56,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -69,8 +70,10 @@ import aiohttp
 from yarl import URL
 
 from edge.custody.canonical import parse_json
+from edge.uplink.blocking_body import PIECE_BYTES, BlockingBodySender
 from edge.uplink.central_calls import CENTRAL_REQUEST_ID_HEADER, is_central_error_answer
 from edge.uplink.policy import RateLimiter, parse_retry_after
+from edge.uplink.tus_answer import TusAnswer, read_aiohttp_answer
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -100,14 +103,15 @@ CHECKSUM_ALGORITHMS: Final = frozenset({"sha256", "sha1", "sha512", "md5", PREFI
 
 # Bytes handed to the transport at a time: small enough for a smooth rate limit and a meaningful
 # stall timeout, large enough that per-piece overhead is nothing next to the copy.
-_PIECE_BYTES: Final = 256 * 1024
+_PIECE_BYTES: Final = PIECE_BYTES
 _MAX_LOCATION_CHARS: Final = 2048
-_MAX_ERROR_BODY_BYTES: Final = 16 * 1024  # room for a signed refusal beside the error and detail
 _MAX_DETAIL_CHARS: Final = 300
 _MAX_SHOWN_HEADER_CHARS: Final = 80
 _OFFSET_RE: Final = re.compile(r"[0-9]{1,19}")  # below 2**63: no 10**4000-digit integer parsing
 _METADATA_KEY_RE: Final = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
+# What a broken, slow or garbled exchange raises, on either connection: an interruption.
+_WIRE_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError, http.client.HTTPException)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,6 +354,9 @@ class TusClient:
     the request body (no byte accepted by the socket for that long), but not the total duration of a
     rate-limited chunk. ``checksum=None`` sends no ``Upload-Checksum`` (for servers without the
     extension). ``limiter`` is the station-wide :class:`RateLimiter`, shared by every upload.
+    ``bodies``: requests carrying a chunk (PATCH, creation-with-upload POST) go over its blocking
+    connections in worker threads (:mod:`edge.uplink.blocking_body`: the same TLS context as the
+    session, a third of the CPU per byte); without it, and for every other request, the session.
     """
 
     def __init__(
@@ -365,6 +372,7 @@ class TusClient:
         creation_with_upload: bool = True,
         checksum_attempts: int = 3,
         max_conflicts: int = 3,
+        bodies: BlockingBodySender | None = None,
     ) -> None:
         base = URL(base_url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -382,6 +390,7 @@ class TusClient:
         if checksum_attempts < 1 or max_conflicts < 1:
             raise ValueError("checksum_attempts and max_conflicts must be >= 1")
         self._session = session
+        self._bodies = bodies
         self._base = base
         self.base_url = str(base)
         self.chunk_size_bytes = chunk_size_bytes
@@ -420,19 +429,15 @@ class TusClient:
     async def terminate(self, url: str) -> None:
         """``DELETE`` the upload (termination extension). An upload already gone counts as done."""
         target = self._own_url(url)
-        headers = self._headers({})
         try:
-            async with asyncio.timeout(self._timeout_s):
-                async with self._session.delete(
-                    target, headers=headers, allow_redirects=False, timeout=self._client_timeout
-                ) as resp:
-                    if resp.status in (404, 410):
-                        return
-                    if resp.status not in (200, 204):
-                        await self._raise_for_status(resp, "DELETE", url, None, 0)
-                    self._check_tus_resumable(resp, "DELETE", url)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self._exchange("DELETE", target, self._headers({}), None, _Sent())
+        except _WIRE_ERRORS as exc:
             raise self._interrupted("DELETE", url, exc, None, 0) from exc
+        if resp.status in (404, 410):
+            return
+        if resp.status not in (200, 204):
+            self._raise_for_status(resp, "DELETE", url, None, 0)
+        self._check_tus_resumable(resp, "DELETE", url)
         log.info("upload %s terminated", _upload_id(url))
 
     async def upload(
@@ -713,7 +718,7 @@ class TusClient:
             and url.password is None
         )
 
-    def _location(self, resp: aiohttp.ClientResponse) -> str:
+    def _location(self, resp: TusAnswer) -> str:
         values = resp.headers.getall("Location", [])
         if len(values) != 1:
             raise ProtocolViolation(
@@ -735,7 +740,7 @@ class TusClient:
             raise ProtocolViolation(f"POST: Location names the creation endpoint itself: {_shown(raw)}")
         return str(target)
 
-    def _check_tus_resumable(self, resp: aiohttp.ClientResponse, request: str, url: str | None) -> None:
+    def _check_tus_resumable(self, resp: TusAnswer, request: str, url: str | None) -> None:
         value = resp.headers.get("Tus-Resumable")
         if value != TUS_VERSION:
             raise ProtocolViolation(
@@ -744,9 +749,7 @@ class TusClient:
             )
 
     @staticmethod
-    def _parse_offset(
-        resp: aiohttp.ClientResponse, request: str, url: str | None, low: int, high: int | None
-    ) -> int:
+    def _parse_offset(resp: TusAnswer, request: str, url: str | None, low: int, high: int | None) -> int:
         values = resp.headers.getall("Upload-Offset", [])
         if len(values) != 1:
             raise ProtocolViolation(
@@ -770,34 +773,30 @@ class TusClient:
     async def _head(self, url: str, length: int | None) -> tuple[int, int | None]:
         """HEAD → (offset, Upload-Length or None); checks both against ``length`` when given."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                async with self._session.head(
-                    url, headers=self._headers({}), allow_redirects=False, timeout=self._client_timeout
-                ) as resp:
-                    if resp.status not in (200, 204):
-                        await self._raise_for_status(resp, "HEAD", url, None, 0)
-                    self._check_tus_resumable(resp, "HEAD", url)
-                    server_length: int | None = None
-                    raw_length = resp.headers.get("Upload-Length")
-                    if raw_length is not None:
-                        if not _OFFSET_RE.fullmatch(raw_length):
-                            raise ProtocolViolation(
-                                "HEAD: expected Upload-Length as a decimal byte count, "
-                                f"found {_shown(raw_length)}",
-                                url=url,
-                            )
-                        server_length = int(raw_length)
-                        if length is not None and server_length != length:
-                            raise ProtocolViolation(
-                                f"HEAD: the upload at {_upload_id(url)} has Upload-Length {server_length}, "
-                                f"expected {length}",
-                                url=url,
-                            )
-                    high = length if length is not None else server_length
-                    offset = self._parse_offset(resp, "HEAD", url, 0, high)
-                    return offset, server_length
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self._exchange("HEAD", url, self._headers({}), None, _Sent())
+        except _WIRE_ERRORS as exc:
             raise self._interrupted("HEAD", url, exc, None, 0) from exc
+        if resp.status not in (200, 204):
+            self._raise_for_status(resp, "HEAD", url, None, 0)
+        self._check_tus_resumable(resp, "HEAD", url)
+        server_length: int | None = None
+        raw_length = resp.headers.get("Upload-Length")
+        if raw_length is not None:
+            if not _OFFSET_RE.fullmatch(raw_length):
+                raise ProtocolViolation(
+                    f"HEAD: expected Upload-Length as a decimal byte count, found {_shown(raw_length)}",
+                    url=url,
+                )
+            server_length = int(raw_length)
+            if length is not None and server_length != length:
+                raise ProtocolViolation(
+                    f"HEAD: the upload at {_upload_id(url)} has Upload-Length {server_length}, "
+                    f"expected {length}",
+                    url=url,
+                )
+        high = length if length is not None else server_length
+        offset = self._parse_offset(resp, "HEAD", url, 0, high)
+        return offset, server_length
 
     async def _create_for(
         self,
@@ -836,35 +835,28 @@ class TusClient:
         refused_first = False
         url = ""
         offset = 0
+        body = first.data if first is not None else None
         try:
-            async with asyncio.timeout(self._timeout_s) as deadline:
-                body = self._body(first.data, sent, deadline) if first is not None else None
-                async with self._session.post(
-                    target,
-                    headers=self._headers(tus),
-                    data=body,
-                    allow_redirects=False,
-                    timeout=self._client_timeout,
-                ) as resp:
-                    if resp.status == 460 and first is not None:
-                        refused_first = True
-                        sent.checksum_retries += 1
-                    elif resp.status != 201:
-                        await self._raise_for_status(resp, "POST", None, None, sent.bytes)
-                    if not refused_first:
-                        self._check_tus_resumable(resp, "POST", None)
-                        url = self._location(resp)
-                        if first is not None:
-                            if "Upload-Offset" in resp.headers:
-                                offset = self._parse_offset(resp, "POST", url, 0, len(first.data))
-                            else:
-                                offset = -1  # not said: ask
-                    elif "Location" in resp.headers:
-                        # The upload was created and only the chunk discarded: continue with it (HEAD).
-                        url = self._location(resp)
-                        offset = -1
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self._exchange("POST", target, self._headers(tus), body, sent)
+        except _WIRE_ERRORS as exc:
             raise self._interrupted("POST", None, exc, None, sent.bytes) from exc
+        if resp.status == 460 and first is not None:
+            refused_first = True
+            sent.checksum_retries += 1
+        elif resp.status != 201:
+            self._raise_for_status(resp, "POST", None, None, sent.bytes)
+        if not refused_first:
+            self._check_tus_resumable(resp, "POST", None)
+            url = self._location(resp)
+            if first is not None:
+                if "Upload-Offset" in resp.headers:
+                    offset = self._parse_offset(resp, "POST", url, 0, len(first.data))
+                else:
+                    offset = -1  # not said: ask
+        elif "Location" in resp.headers:
+            # The upload was created and only the chunk discarded: continue with it (HEAD).
+            url = self._location(resp)
+            offset = -1
         if refused_first and not url:
             # Refused without saying whether an upload exists: create a plain one (an orphan would expire).
             log.warning("POST: checksum of the first chunk refused; creating the upload without it")
@@ -885,32 +877,53 @@ class TusClient:
         if chunk.checksum_header is not None:
             tus["Upload-Checksum"] = chunk.checksum_header
         try:
-            async with asyncio.timeout(self._timeout_s) as deadline:
-                async with self._session.patch(
-                    url,
-                    headers=self._headers(tus),
-                    data=self._body(chunk.data, sent, deadline),
-                    allow_redirects=False,
-                    timeout=self._client_timeout,
-                ) as resp:
-                    if resp.status in (409, 460, 404, 410):
-                        return resp.status, None
-                    if resp.status not in (200, 204):
-                        await self._raise_for_status(resp, "PATCH", url, chunk.offset, sent.bytes)
-                    self._check_tus_resumable(resp, "PATCH", url)
-                    end = chunk.offset + len(chunk.data)
-                    # A server may keep less than the whole body (tus: "store as much as possible"), never
-                    # more, and never go back.
-                    new_offset = self._parse_offset(resp, "PATCH", url, chunk.offset, min(end, length))
-                    if new_offset == chunk.offset and len(chunk.data) > 0:
-                        raise ProtocolViolation(
-                            f"PATCH: the server confirmed none of the {len(chunk.data)} bytes at offset "
-                            f"{chunk.offset} and still answered {resp.status}",
-                            url=url,
-                        )
-                    return 204, new_offset
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            resp = await self._exchange("PATCH", url, self._headers(tus), chunk.data, sent)
+        except _WIRE_ERRORS as exc:
             raise self._interrupted("PATCH", url, exc, chunk.offset, sent.bytes) from exc
+        if resp.status in (409, 460, 404, 410):
+            return resp.status, None
+        if resp.status not in (200, 204):
+            self._raise_for_status(resp, "PATCH", url, chunk.offset, sent.bytes)
+        self._check_tus_resumable(resp, "PATCH", url)
+        end = chunk.offset + len(chunk.data)
+        # A server may keep less than the whole body (tus: "store as much as possible"), never more, and
+        # never go back.
+        new_offset = self._parse_offset(resp, "PATCH", url, chunk.offset, min(end, length))
+        if new_offset == chunk.offset and len(chunk.data) > 0:
+            raise ProtocolViolation(
+                f"PATCH: the server confirmed none of the {len(chunk.data)} bytes at offset "
+                f"{chunk.offset} and still answered {resp.status}",
+                url=url,
+            )
+        return 204, new_offset
+
+    async def _exchange(
+        self, method: str, url: str, headers: Mapping[str, str], data: bytes | bytearray | None, sent: _Sent
+    ) -> TusAnswer:
+        """One request and its answer (status, headers, a bounded prefix of the body). A body goes over
+        the blocking connections when there are some, else through the session in rate-limited pieces.
+        Wire failures propagate as raised (``_WIRE_ERRORS``) for the caller to name the request."""
+        if data is not None and self._bodies is not None:
+            pace = None
+            if self._limiter is not None and not self._limiter.unlimited:
+                pace = self._limiter.acquire  # on the loop, between the thread's pieces
+
+            def count_sent(n: int) -> None:
+                sent.bytes += n
+
+            return await self._bodies.send(
+                method, url, headers, data, timeout_s=self._timeout_s, pace=pace, count_sent=count_sent
+            )
+        async with asyncio.timeout(self._timeout_s) as deadline:
+            async with self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=self._body(data, sent, deadline) if data is not None else None,
+                allow_redirects=False,
+                timeout=self._client_timeout,
+            ) as resp:
+                return await read_aiohttp_answer(resp)
 
     async def _body(
         self, data: bytes | bytearray, sent: _Sent, deadline: asyncio.Timeout
@@ -945,15 +958,15 @@ class TusClient:
             bytes_sent=bytes_sent,
         )
 
-    async def _raise_for_status(
-        self, resp: aiohttp.ClientResponse, request: str, url: str | None, offset: int | None, bytes_sent: int
+    def _raise_for_status(
+        self, resp: TusAnswer, request: str, url: str | None, offset: int | None, bytes_sent: int
     ) -> None:
         status = resp.status
         if status in (404, 410):
             raise UploadGone(
                 f"{request}: the server does not know upload {_upload_id(url or '')} ({status})", url=url
             )
-        body_text, error, detail, refusal, from_central = await self._error_body(resp)
+        body_text, error, detail, refusal, from_central = self._error_body(resp)
         if status >= 500 or status in _TRANSIENT_STATUSES:
             raise UploadInterrupted(
                 f"{request}: the server answered {status}: {detail or body_text or '(no body)'}",
@@ -970,21 +983,11 @@ class TusClient:
         )
 
     @staticmethod
-    async def _error_body(
-        resp: aiohttp.ClientResponse,
-    ) -> tuple[str, str | None, str | None, dict[str, Any] | None, bool]:
+    def _error_body(resp: TusAnswer) -> tuple[str, str | None, str | None, dict[str, Any] | None, bool]:
         """(sanitised body text, JSON ``error``, JSON ``detail``, JSON ``refusal`` object, whether the body
         is the central's own refusal (:func:`~edge.uplink.central_calls.is_central_error_answer`: its error
-        document with its ``X-Request-Id``, not a proxy's page)), reading at most a few KiB."""
-        raw = b""
-        try:
-            while len(raw) < _MAX_ERROR_BODY_BYTES:
-                part = await resp.content.read(_MAX_ERROR_BODY_BYTES - len(raw))
-                if not part:
-                    break
-                raw += part
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            pass  # the status is the message; a body we cannot read adds nothing
+        document with its ``X-Request-Id``, not a proxy's page)), from the answer's bounded body."""
+        raw = resp.body
         text = raw.decode("utf-8", errors="replace")
         error: str | None = None
         detail: str | None = None
