@@ -54,7 +54,7 @@ from yarl import URL
 
 from edge.uplink.tus_answer import MAX_ANSWER_BODY_BYTES, HeaderList, TusAnswer
 
-__all__ = ["MAX_ANSWER_HEAD_BYTES", "PIECE_BYTES", "AnswerTooLarge", "BlockingBodySender"]
+__all__ = ["MAX_ANSWER_HEAD_BYTES", "PIECE_BYTES", "AnswerTooLarge", "BlockingBodySender", "TruncatedAnswer"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ _Origin = tuple[str, str, int]
 
 class AnswerTooLarge(http.client.HTTPException):
     """The answer's headers are larger than :data:`MAX_ANSWER_HEAD_BYTES` in all."""
+
+
+class TruncatedAnswer(http.client.HTTPException):
+    """The connection ended inside the answer's status line or headers."""
 
 
 class _Aborted(ConnectionAbortedError):
@@ -94,8 +98,17 @@ class BlockingBodySender:
         self._idle: dict[_Origin, list[socket.socket]] = {}
         self._in_flight: set[_Exchange] = set()
         self._closed = False
+        self._threads_busy = 0
+        self._busy_lock = threading.Lock()
         self.connections_made = 0
         """Connections opened so far (keep-alive shows as fewer connections than requests)."""
+
+    @property
+    def threads_busy(self) -> int:
+        """Worker threads in an exchange right now (0 once every ``send`` has returned or raised, also
+        a cancelled one: its thread is done before the cancellation goes on)."""
+        with self._busy_lock:
+            return self._threads_busy
 
     def __repr__(self) -> str:
         idle = sum(len(socks) for socks in self._idle.values())
@@ -164,7 +177,7 @@ class BlockingBodySender:
 
             exchange.on_body_sent = start_answer_deadline
             self._in_flight.add(exchange)
-            work = loop.run_in_executor(self._executor, exchange.run)
+            work = loop.run_in_executor(self._executor, self._run, exchange)
             try:
                 answer, kept = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -184,6 +197,15 @@ class BlockingBodySender:
                 else:
                     self._idle.setdefault(origin, []).append(kept)
             return answer
+
+    def _run(self, exchange: _Exchange) -> tuple[TusAnswer, socket.socket | None]:
+        with self._busy_lock:
+            self._threads_busy += 1
+        try:
+            return exchange.run()
+        finally:
+            with self._busy_lock:
+                self._threads_busy -= 1
 
     def _take_idle(self, origin: _Origin) -> socket.socket | None:
         socks = self._idle.get(origin, [])
@@ -432,17 +454,29 @@ class _Exchange:
 
     def _read_answer(self, sock: socket.socket) -> tuple[TusAnswer, bool]:
         """(the answer, whether the connection may carry another request)."""
-        source = _AnswerSource(self._early, sock)
+        source = _AnswerSource(self._early, sock, self._timeout_s)
         response = http.client.HTTPResponse(cast(socket.socket, source), method=self._method)
         try:
             response.begin()
+            if source.stream.ended:
+                # A complete head ends with an empty line, read without asking for more: the connection
+                # ended inside it (a truncated "Upload-Offset: 12" must not pass for an offset).
+                raise TruncatedAnswer("the connection ended inside the answer's headers")
             pairs = response.msg.items()
             if sum(len(name) + len(value) + 4 for name, value in pairs) > MAX_ANSWER_HEAD_BYTES:
                 raise AnswerTooLarge(f"the answer's headers are larger than {MAX_ANSWER_HEAD_BYTES} bytes")
             body, whole = self._read_body(response)
-            reusable = whole and not response.will_close
+            # Bytes after the answer are nothing any request asked for: the connection goes.
+            reusable = whole and not response.will_close and not source.file.has_more()
         finally:
             response.close()
+            source.file.close_for_good()
+        with self._lock:
+            if self._aborted:
+                # The loop shut the socket down while the answer came: what came is not the answer.
+                if self._expired:
+                    raise TimeoutError(f"no complete answer within {self._timeout_s:g} s of the body")
+                raise _Aborted("the request was cancelled")
         return TusAnswer(response.status, HeaderList(pairs), body), reusable
 
     def _read_body(self, response: http.client.HTTPResponse) -> tuple[bytes, bool]:
@@ -464,30 +498,74 @@ async def _pace_on_loop(pace: Pace, n: int) -> None:
 
 
 class _AnswerSource:
-    """What ``http.client.HTTPResponse`` reads the answer from: the bytes read early, then the socket.
-    Closing what it hands out leaves the socket open (the exchange decides whether to keep it)."""
+    """What ``http.client.HTTPResponse`` reads the answer from (its ``makefile``): the bytes read early,
+    then the socket."""
 
-    def __init__(self, early: bytes, sock: socket.socket) -> None:
-        self._early = early
-        self._sock = sock
+    def __init__(self, early: bytes, sock: socket.socket, timeout_s: float) -> None:
+        self.stream = _AnswerStream(early, sock, timeout_s)
+        self.file = _AnswerFile(self.stream)
 
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_AnswerStream(self._early, self._sock))
+    def makefile(self, mode: str) -> _AnswerFile:
+        return self.file
+
+
+class _AnswerFile(io.BufferedReader):
+    """The buffered answer. ``HTTPResponse`` closes it when the answer ends; it stays open (the socket is
+    not its to close) so that the exchange can ask whether anything followed the answer."""
+
+    def close(self) -> None:
+        pass
+
+    def close_for_good(self) -> None:
+        super().close()
+
+    def has_more(self) -> bool:
+        """Bytes after the answer, in the buffer or on the socket (looked at without waiting)."""
+        self.stream.wait = False
+        try:
+            return bool(self.peek(1)) or self.stream.ended
+        except OSError:
+            return True  # the connection broke after the answer: not to be kept either
+        finally:
+            self.stream.wait = True
+
+    @property
+    def stream(self) -> _AnswerStream:
+        return cast(_AnswerStream, self.raw)
 
 
 class _AnswerStream(io.RawIOBase):
-    def __init__(self, early: bytes, sock: socket.socket) -> None:
+    def __init__(self, early: bytes, sock: socket.socket, timeout_s: float) -> None:
         super().__init__()
         self._early = early
         self._sock = sock
+        self._timeout_s = timeout_s
+        self.wait = True
+        self.ended = False  # the connection ended (a read returned nothing)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
         if self._early:
             n = min(len(buffer), len(self._early))
             buffer[:n] = self._early[:n]
             self._early = self._early[n:]
             return n
-        return self._sock.recv_into(buffer)
+        if not self.wait:
+            return self._read_if_there(buffer)
+        n = self._sock.recv_into(buffer)
+        self.ended = self.ended or n == 0
+        return n
+
+    def _read_if_there(self, buffer: memoryview) -> int | None:
+        """None (nothing yet) rather than waiting: BufferedReader's contract for a non-blocking stream."""
+        self._sock.settimeout(0.0)
+        try:
+            n = self._sock.recv_into(buffer)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        finally:
+            self._sock.settimeout(self._timeout_s)
+        self.ended = self.ended or n == 0
+        return n

@@ -22,6 +22,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -50,6 +51,7 @@ __all__ = [
     "CentralApi",
     "CentralError",
     "CentralRejected",
+    "CentralSession",
     "CentralUnavailable",
     "central_session",
 ]
@@ -127,13 +129,24 @@ class CentralApi(CentralCalls):
                             retry_after_s=parse_retry_after(retry_after, time.time()), request_id=request_id)
 
 
+@dataclass(frozen=True, slots=True)
+class CentralSession:
+    http: aiohttp.ClientSession
+    headers: dict[str, str] = field(repr=False)
+    """What every request carries (the development mode's station header)."""
+    tls: ssl.SSLContext | None
+    """The context the session's connector uses (mutual TLS with the enrollment bundle); None in the
+    development mode's plain HTTP. Other connections to the central (the tus client's blocking body
+    connections) use this same object."""
+
+
 @contextlib.asynccontextmanager
 async def central_session(
     uplink: UplinkSection, station_id: str, *, connections: int = 4
-) -> AsyncIterator[tuple[aiohttp.ClientSession, dict[str, str]]]:
+) -> AsyncIterator[CentralSession]:
     """An HTTP session to the central as ``uplink`` configures it (mutual TLS with the enrollment bundle,
-    or the development mode's plain HTTP), and the headers every request carries."""
-    context: ssl.SSLContext | bool = False
+    or the development mode's plain HTTP), the headers every request carries and its TLS context."""
+    context: ssl.SSLContext | None = None
     headers: dict[str, str] = {}
     if uplink.insecure_plain_http:
         log.warning("uplink uses PLAIN HTTP (insecure_plain_http): development only, not for evidence")
@@ -143,6 +156,6 @@ async def central_session(
 
         assert uplink.identity_dir is not None  # config validation guarantees it
         context = client_ssl_context(uplink.identity_dir)
-    connector = aiohttp.TCPConnector(ssl=context, limit=connections)
+    connector = aiohttp.TCPConnector(ssl=context if context is not None else False, limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
-        yield session, headers
+        yield CentralSession(session, headers, context)

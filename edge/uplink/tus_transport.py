@@ -1,5 +1,7 @@
 """The ``tus`` transport: content by tus 1.0 (`edge.uplink.tus_client`), registration and witnessing by the
-central's JSON API (`edge.uplink.central_api`), over one HTTPS session with mutual TLS.
+central's JSON API (`edge.uplink.central_api`), over one HTTPS session with mutual TLS; the chunks' bodies
+go over blocking connections in worker threads with the session's own TLS context
+(`edge.uplink.blocking_body`: about half the CPU per byte of asyncio's TLS transport).
 
 Everything HTTP stays here: offsets, HEAD/PATCH, ``Tus-Resumable``, status codes, ``Retry-After``
 headers, proxy pages and garbled bodies. What leaves is the uplink's one shape of outcomes
@@ -26,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 
 from edge.config.station import UplinkSection
+from edge.uplink.blocking_body import BlockingBodySender
 from edge.uplink.central_api import CentralApi, central_session
 from edge.uplink.central_calls import ApiLinkCalls, outcome_of_rejection
 from edge.uplink.policy import RateLimiter
@@ -76,9 +79,13 @@ class TusTransport:
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[TusLink]:
-        async with central_session(
-            self.uplink, self.station_id, connections=self.uplink.concurrency + 2
-        ) as (session, headers):
+        async with (
+            central_session(self.uplink, self.station_id, connections=self.uplink.concurrency + 2) as central,
+            # Chunk bodies over blocking sockets in worker threads, with the session's own TLS context:
+            # one connection per upload in flight, kept alive between its PATCHes.
+            BlockingBodySender(ssl_context=central.tls, max_connections=self.uplink.concurrency) as bodies,
+        ):
+            session, headers = central.http, central.headers
             tus = TusClient(
                 session,
                 self.uplink.central_url.rstrip("/") + UPLOADS_PATH,
@@ -89,6 +96,7 @@ class TusTransport:
                 limiter=self.limiter,
                 request_timeout_s=self.uplink.request_timeout_s,
                 headers=headers,
+                bodies=bodies,
             )
             api = CentralApi(
                 session,

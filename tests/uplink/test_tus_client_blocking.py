@@ -22,7 +22,9 @@ for _name, _value in vars(over_aiohttp).items():
 
 
 @pytest.fixture(autouse=True)
-async def bodies_over_blocking_connections(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BlockingBodySender]:
+async def bodies_over_blocking_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[BlockingBodySender]:
     async with BlockingBodySender(ssl_context=None, max_connections=4) as sender:
         plain = over_aiohttp.make_client
 
