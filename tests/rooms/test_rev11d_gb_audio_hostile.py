@@ -8,7 +8,9 @@ or hostile camera, pure. Each finding has its control beside it.
   reason (sound missing) untrue.
 * Audio PES whose PTS each step a few seconds ahead make the raw sound run ahead of the picture without
   bound (hundreds of seconds of silence per second of picture): the run then ends on audio-overflow, its
-  picture lost with it, at every restart."""
+  picture lost with it, at every restart.
+* Audio PTS set back a few seconds (under MAX_JUMP_S) for good: every later packet is dropped as overlap of
+  the lag fill's silence for the rest of the run, and no gap is reported while the run goes on."""
 
 from __future__ import annotations
 
@@ -86,3 +88,17 @@ def test_audio_pts_stepping_ahead_cannot_run_the_sound_ahead_of_the_picture_with
     assert timeline.seconds() <= picture_s + 10.0, (
         f"{timeline.seconds():.0f} s of raw sound (silence) written for {picture_s:g} s of picture: the "
         "audio pipe overflows (audio-overflow) and the run, its picture with it, ends")
+
+
+def test_audio_pts_stepping_back_a_few_seconds_does_not_discard_the_rest_of_the_run_s_sound() -> None:
+    # From 5 s on, the camera's audio PTS run 3 s behind its video's (its audio clock set back): every
+    # packet then "overlaps" the silence the lag fill put in, and is dropped, for the rest of the run; the
+    # silence run is never ended by real sound, so no gap is reported while the run goes on.
+    timeline = AudioTimeline(Codec.G711A)
+    shift = 3 * 90_000
+    out = _stream(timeline, 20.0, audio_pts=lambda index, pts: pts - shift if pts >= V0 + 5 * 90_000 else pts)
+    received = 20 * 8000
+    kept = out.count(TONE)
+    assert kept >= 0.8 * received or timeline.take_gaps(), (
+        f"{(received - kept) / 8000:.1f} s of the {received / 8000:.0f} s of sound received dropped as "
+        f"overlap (dropped_samples={timeline.dropped_samples}), no gap reported while the run goes on")
