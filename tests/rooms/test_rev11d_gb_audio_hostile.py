@@ -10,7 +10,9 @@ or hostile camera, pure. Each finding has its control beside it.
   bound (hundreds of seconds of silence per second of picture): the run then ends on audio-overflow, its
   picture lost with it, at every restart.
 * Audio PTS set back a few seconds (under MAX_JUMP_S) for good: every later packet is dropped as overlap of
-  the lag fill's silence for the rest of the run, and no gap is reported while the run goes on."""
+  the lag fill's silence for the rest of the run, and no gap is reported while the run goes on. The same
+  with right PTS when the camera muxes its sound more than LAG_S after the picture of the same instant:
+  every packet arrives after the lag fill wrote silence in its place (control: half a second late is kept)."""
 
 from __future__ import annotations
 
@@ -102,3 +104,33 @@ def test_audio_pts_stepping_back_a_few_seconds_does_not_discard_the_rest_of_the_
     assert kept >= 0.8 * received or timeline.take_gaps(), (
         f"{(received - kept) / 8000:.1f} s of the {received / 8000:.0f} s of sound received dropped as "
         f"overlap (dropped_samples={timeline.dropped_samples}), no gap reported while the run goes on")
+
+
+def _late_sound(timeline: AudioTimeline, seconds: float, late_s: float) -> bytes:
+    """A camera whose PTS are right but whose muxer sends each 20 ms of sound `late_s` after the picture of
+    the same instant (it buffers its sound): the stream order of many cheap encoders."""
+    out = bytearray()
+    audio_at = V0
+    late = round(late_s * 90_000)
+    for frame in range(round(seconds * 25)):
+        pts = V0 + frame * FRAME
+        out += timeline.video(pts, frame * 40_000_000)
+        while audio_at + late < pts + FRAME:
+            out += timeline.audio(audio_at, bytes([TONE]) * 160)
+            audio_at += PACKET
+    return bytes(out)
+
+
+def test_control_sound_muxed_half_a_second_after_its_picture_is_kept() -> None:
+    timeline = AudioTimeline(Codec.G711A)
+    out = _late_sound(timeline, 20.0, 0.5)
+    assert out.count(TONE) >= 19 * 8000 and timeline.dropped_samples == 0
+
+
+def test_sound_muxed_a_second_and_a_half_after_its_picture_is_not_thrown_away() -> None:
+    timeline = AudioTimeline(Codec.G711A)
+    out = _late_sound(timeline, 20.0, 1.5)
+    kept = out.count(TONE)
+    assert kept >= 0.8 * 18.5 * 8000 or timeline.take_gaps(), (
+        f"{kept / 8000:.1f} s kept of 18.5 s of sound received with right PTS; "
+        f"dropped_samples={timeline.dropped_samples / 8000:.1f} s, no gap reported while the run goes on")
