@@ -113,6 +113,7 @@ from edge.rooms.reserve import RESERVE_REASON, RecordingReserve
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
+from edge.rooms.space import ROOMS_GROUP, rooms_kept_free
 from edge.rooms.state import SessionFiles
 from edge.rooms.write_rate import MBIT, WriteMeter
 from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
@@ -310,7 +311,16 @@ class SessionRecording:
     # -- the run ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Record until stopped; return once every segment handed over is sealed and the gaps closed."""
+        """Record until stopped; return once every segment handed over is sealed and the gaps closed.
+
+        Meanwhile the room holds its space on the store's disk (edge.rooms.space.rooms_kept_free): a docking
+        copy or a GB/T 28181 download keeps it free, or waits (edge.ingest.kept_space)."""
+        rule = functools.partial(rooms_kept_free, start_min_free_bytes=self.settings.start_min_free_bytes,
+                                 record_margin_bytes=self.settings.record_margin_bytes)
+        with self.pipeline.kept_space.holding(ROOMS_GROUP, self.session.room, rule):
+            await self._record_holding_space()
+
+    async def _record_holding_space(self) -> None:
         self._run_began_ns = time.time_ns()
         if self._resumed is not None:
             await self._queue_resumed_work(self._resumed)
