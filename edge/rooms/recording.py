@@ -317,8 +317,12 @@ class SessionRecording:
         copy or a GB/T 28181 download keeps it free, or waits (edge.ingest.kept_space)."""
         rule = functools.partial(rooms_kept_free, start_min_free_bytes=self.settings.start_min_free_bytes,
                                  record_margin_bytes=self.settings.record_margin_bytes)
-        with self.pipeline.kept_space.holding(ROOMS_GROUP, self.session.room, rule):
-            await self._record_holding_space()
+        try:
+            with self.pipeline.kept_space.holding(ROOMS_GROUP, self.session.room, rule):
+                await self._record_holding_space()
+        finally:
+            if self.reserve is not None:
+                self.reserve.release(self.session.room)  # the page no longer names its stopped sources
 
     async def _record_holding_space(self) -> None:
         self._run_began_ns = time.time_ns()

@@ -506,7 +506,11 @@ class RoomService:
                     f"(case {current.case_number}, started {current.started_utc}): stop it first",
                     409,
                 )
-            free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            try:
+                free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            except OSError as exc:  # unknown is not enough (edge.rooms.reserve: failing safe)
+                await self._refuse("start", room, by, f"the store's free space cannot be read "
+                                   f"({exc.strerror or exc}): no session starts until it can be", 507)
             # The rooms recording already record into the same free space, each on the expected length it
             # was started with: a start keeps theirs too, one start_min_free_bytes a room (review 28).
             recording = sorted(self.active)
