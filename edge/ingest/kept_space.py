@@ -71,5 +71,14 @@ class KeptSpace:
                 del self._members[group]
 
     def now(self) -> list[KeptFree]:
-        """What each group holding space holds now (read at every copy: members come and go)."""
+        """What each group holding space holds now (read at every copy: members come and go). On the event
+        loop, where the members register."""
         return [self._rules[group](sorted(set(members))) for group, members in sorted(self._members.items())]
+
+    def bytes_now(self) -> int:
+        return sum(kept.bytes for kept in self.now())
+
+    def said_now(self) -> str:
+        """For a refusal: " and N held for ..." (empty when nothing is held)."""
+        held = [kept for kept in self.now() if kept.bytes]
+        return "".join(f" and {kept.bytes} held for {kept.what}" for kept in held)
