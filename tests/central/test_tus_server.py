@@ -606,7 +606,8 @@ async def test_termination_waits_for_the_registrations_lease(
     url = await create(session, server, 6)
     assert (await patch(session, url, 0, b"abcdef")).status == 204
     content = store.complete_path(upload_id(url))  # a registration claims it, as registration does
-    for method, headers in (("DELETE", tus_headers()), ("POST", tus_headers(X_HTTP_Method_Override="DELETE"))):
+    override = tus_headers(X_HTTP_Method_Override="DELETE")
+    for method, headers in (("DELETE", tus_headers()), ("POST", override)):
         reply = await call(session, method, url, headers)
         assert reply.status == 423, reply.body
         assert reply.error == "upload_registering"
