@@ -213,9 +213,12 @@ class SqliteDatabase:
         return work()
 
     def close(self) -> None:
-        """Close the connections, after the reads under way (their threads are waited for)."""
+        """Close the connections, after the reads under way (interrupted: a long search ends with
+        ``sqlite3.OperationalError`` rather than holding the stop; their threads are waited for)."""
         with self._reader_conns_lock:
             self._closed = True
+            for conn in self._reader_conns:
+                conn.interrupt()
         for threads in self._reader_threads.values():
             threads.shutdown(wait=True)
         with self._reader_conns_lock:
