@@ -90,6 +90,12 @@ class PsAudioSplitter:
             return None
         return next((s.codec for s in self.stream_map.streams if is_audio(s.stream_id)), None)
 
+    def audio_stream_id(self) -> int | None:
+        """The stream id of the first audio stream the last PSM lists (None: no PSM, or no audio in it)."""
+        if self.stream_map is None:
+            return None
+        return next((s.stream_id for s in self.stream_map.streams if is_audio(s.stream_id)), None)
+
     def feed(self, data: bytes) -> SplitOutput:
         self.bytes_in += len(data)
         self._buffer += data
