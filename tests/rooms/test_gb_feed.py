@@ -21,7 +21,7 @@ from drivers.gb28181.ps import Codec, PsMuxer
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_audio import AudioGapEvent
 from edge.rooms.gb_feed import AUDIO_OVERFLOW_REASON, AUDIO_QUEUE_BYTES, GbRunFeed
 from edge.rooms.gb_source import GbRoomChannel
 from edge.rooms.recording import SessionRecording
@@ -225,7 +225,7 @@ async def test_sound_that_is_not_g711_is_one_error_entry_a_session_and_the_pictu
                 + muxer.audio_frame(b"\xff\xf1" + b"\x00" * 30, 90000 + i * FRAME)
                 for i, (unit, key) in enumerate(h264_units)]
 
-    async def ready(channel: GbRoomChannel, on_audio_gap: Callable[[AudioGap], None]) -> GbRunFeed:
+    async def ready(channel: GbRoomChannel, on_audio_gap: Callable[[AudioGapEvent], None]) -> GbRunFeed:
         feed = GbRunFeed(ScriptedReader(aac_camera()), what=repr(channel), on_audio_gap=on_audio_gap)
         await feed.prepare()
         return feed
