@@ -382,7 +382,8 @@ class SessionRecording:
             now = time.time_ns()
             self._stopped_ns = now
             for source in self.sources.values():
-                self._audio_gap_ends(source, now, to_stop=True)  # its run's end closed it, normally
+                # Its run's end closed it, normally.
+                self._audio_gap_ends(source, now, to_stop=self._ending_reason is None)
                 if self._ending_reason is not None:
                     if source.gap_from_ns is None:
                         source.queue.put_nowait(GapOpened(source.last_end_ns or now, self._ending_reason))
@@ -716,7 +717,7 @@ class SessionRecording:
         source.audio_gap_pending = None
         reason, detail = self._audio_lost(event)
         if source.audio_gap_from_ns is not None:
-            to_stop = event.ongoing_at_end and self._stop.is_set()
+            to_stop = event.ongoing_at_end and self._session_stopped()
             last = source.audio_gap_last_reason
             source.queue.put_nowait(GapClosed(max(event.to_ns, source.audio_gap_from_ns), to_stop, reason,
                                               detail + ((("last_reason", last),) if last else ())))
@@ -743,13 +744,17 @@ class SessionRecording:
 
     def _audio_lost(self, gap: AudioGap) -> tuple[str, tuple[tuple[str, Any], ...]]:
         """A closed audio gap's reason and the keys of its entry."""
-        until = (" until the session stopped" if gap.ongoing_at_end and self._stop.is_set() else
+        until = (" until the session stopped" if gap.ongoing_at_end and self._session_stopped() else
                  " until the run ended" if gap.ongoing_at_end else "")
         held = ("silence of that length" if gap.silence_s is None else
                 f"{gap.filled_s:.1f} s of silence (its sound came in short pieces only)")
         reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing for {gap.seconds:.1f} s{until} while "
                   f"its picture went on; the recording holds {held} there")
         return reason, (("audio", "lost"), ("silence_s", gap.filled_s))
+
+    def _session_stopped(self) -> bool:
+        """The session is stopping (not interrupted by the agent's stop: it resumes at the next start)."""
+        return self._stop.is_set() and self._ending_reason is None
 
     def _audio_gap_ends(self, source: SourceRecording, now_ns: int, *, to_stop: bool = False) -> None:
         """An audio gap still open when its run ended without its feed closing it: closed now."""
