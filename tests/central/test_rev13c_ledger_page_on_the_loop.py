@@ -13,36 +13,14 @@ Control: the same request with ``stations`` locked (the authentication's read, o
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.central.conftest import FakeStation, get_json, postgres_index, start_http_central
+from tests.central.lock_probe import SEEN_WAITING_BOUND_S, LockHold, lock_waiters, table_lock
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import (
-    HEALTHZ_BOUND_S,
-    SEEN_WAITING_BOUND_S,
-    Probe,
-    _a_read_waits_on_a_table_lock,
-    _healthz,
-)
-
-
-def _lock(pg_database: PostgresDatabaseUnderTest, table: str, url: str, probe: Probe) -> None:
-    import time
-    with pg_database.admin() as other, other.transaction():
-        other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        probe.held.set()
-        deadline = time.monotonic() + SEEN_WAITING_BOUND_S
-        while time.monotonic() < deadline:
-            if _a_read_waits_on_a_table_lock(pg_database):
-                probe.read_seen_waiting = True
-                break
-            time.sleep(0.05)  # polling for the wait to show, not proving an absence
-        probe.healthz_status, probe.healthz_error = _healthz(url, HEALTHZ_BOUND_S)
 
 
 @pytest.mark.parametrize("table", ["station_ledger", "stations"],
@@ -54,18 +32,16 @@ async def test_a_ledger_read_waiting_on_postgresql_leaves_healthz_answered(
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     try:
         central.store_index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
-        probe = Probe()
-        holder = threading.Thread(target=_lock, args=(pg_database, table, central.url, probe))
-        holder.start()
-        assert await asyncio.to_thread(probe.held.wait, SEEN_WAITING_BOUND_S)
+        probe = await LockHold(pg_database, table_lock(table),
+                               waiter=lambda: lock_waiters(pg_database, wait_event="relation") > 0,
+                               healthz_url=central.url).start()
         timeout = aiohttp.ClientTimeout(total=SEEN_WAITING_BOUND_S * 2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             status, doc = await get_json(session, f"{central.url}/v1/stations/{station.station_id}/ledger",
                                          {"X-Edge-Station": station.station_id})
         assert status == 200, doc
-        await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
-        assert not holder.is_alive()
-        assert probe.read_seen_waiting, "the read was never seen waiting for the table lock"
+        await probe.join()
+        assert probe.waiter_seen, "the read was never seen waiting for the table lock"
         assert probe.healthz_status == 200, (
             f"/healthz was not answered while a station's ledger read waited on {table} "
             f"({probe.healthz_error}): StationLedgerRead.page runs on the event loop")

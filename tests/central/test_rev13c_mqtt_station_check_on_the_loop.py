@@ -13,9 +13,7 @@ waiting, the same receiver's ``/healthz`` is asked from another thread. Expected
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,8 @@ from edge.central.mqtt_ingest_store import Outcome
 from edge.central.mqtt_receiver import MqttReceiver, ReceiverCounts, station_check_of
 from edge.mqtt.filetransfer import ReasonCode
 from tests.central.conftest import FakeStation, postgres_index, start_http_central
+from tests.central.lock_probe import LockHold, lock_waiters, table_lock
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import (
-    HEALTHZ_BOUND_S,
-    SEEN_WAITING_BOUND_S,
-    Probe,
-    _a_read_waits_on_a_table_lock,
-    _healthz,
-)
 
 
 class _Store:
@@ -57,34 +49,20 @@ async def test_an_mqtt_commands_station_check_waiting_on_postgresql_leaves_healt
         return None
 
     receiver._answer_transfer = answered  # type: ignore[method-assign]
-    probe = Probe()
     checked = threading.Event()
-
-    def hold() -> None:
-        with pg_database.admin() as other, other.transaction():
-            other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-            probe.held.set()
-            deadline = time.monotonic() + SEEN_WAITING_BOUND_S
-            while time.monotonic() < deadline and not checked.is_set():
-                if _a_read_waits_on_a_table_lock(pg_database):
-                    probe.read_seen_waiting = True
-                    break
-                time.sleep(0.05)  # polling for the wait to show, not proving an absence
-            probe.healthz_status, probe.healthz_error = _healthz(central.url, HEALTHZ_BOUND_S)
-
+    probe = LockHold(pg_database, table_lock(table),
+                     waiter=lambda: lock_waiters(pg_database, wait_event="relation") > 0,
+                     stop_looking=checked, healthz_url=central.url)
     try:
         central.store_index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert await asyncio.to_thread(probe.held.wait, SEEN_WAITING_BOUND_S)
+        await probe.start()
         await receiver._carry_out(station.station_id, object(), b"", None,  # type: ignore[arg-type]
                                   await_broker=False)
         checked.set()
-        await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
-        assert not holder.is_alive()
+        await probe.join()
         assert receiver.counts.commands == 1 and receiver.counts.refused_commands == 0
         if table == "stations":
-            assert probe.read_seen_waiting, "the station check's read was never seen waiting"
+            assert probe.waiter_seen, "the station check's read was never seen waiting"
         assert probe.healthz_status == 200, (
             f"/healthz was not answered while an MQTT command's station check waited on {table} "
             f"({probe.healthz_error}): the check runs on the event loop")

@@ -24,19 +24,11 @@ import pytest
 
 from edge.central.postgres import database as pg_database_module
 from tests.central.conftest import FakeStation, get_json, postgres_index, start_http_central
+from tests.central.lock_probe import SEEN_WAITING_BOUND_S, LockHold, lock_waiters, table_lock
 from tests.central.pg import PostgresDatabaseUnderTest
 
-SEEN_WAITING_BOUND_S = 60.0
 # A ledger request on an idle receiver takes milliseconds; a bound on a loaded machine.
 STATION_BOUND_S = 20.0
-
-
-def _reads_waiting_on_items(pg_database: PostgresDatabaseUnderTest) -> int:
-    with pg_database.admin() as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
-            "current_database() AND query ILIKE '%FROM items%' AND query NOT ILIKE 'INSERT%'").fetchone()
-    return 0 if row is None else int(str(row[0]))
 
 
 @pytest.mark.parametrize("auditors", [pg_database_module._READER_THREADS, 1],
@@ -47,26 +39,18 @@ async def test_waiting_auditor_reads_do_not_starve_a_stations_request(
 ) -> None:
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     release = threading.Event()
-    held = threading.Event()
-
-    def hold_items() -> None:
-        with pg_database.admin() as other, other.transaction():
-            other.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
-            held.set()
-            release.wait(SEEN_WAITING_BOUND_S * 3)
-
-    holder = threading.Thread(target=hold_items)
+    holder = LockHold(pg_database, table_lock("items"), release=release)
     try:
         central.store_index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
-        holder.start()
-        assert await asyncio.to_thread(held.wait, SEEN_WAITING_BOUND_S)
+        await holder.start()
         timeout = aiohttp.ClientTimeout(total=SEEN_WAITING_BOUND_S * 3)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             searches = [asyncio.create_task(get_json(session, f"{central.url}/v1/items?limit=10",
                                                      {"X-Edge-Reader": f"auditor{n}"}))
                         for n in range(auditors)]
             deadline = time.monotonic() + SEEN_WAITING_BOUND_S
-            while await asyncio.to_thread(_reads_waiting_on_items, pg_database) < auditors:
+            while await asyncio.to_thread(lock_waiters, pg_database, query_like="%FROM items%",
+                                          query_not_like="INSERT%") < auditors:
                 assert time.monotonic() < deadline, "the auditors' searches were never seen waiting"
                 await asyncio.sleep(0.05)  # polling for the waits to show, not proving an absence
             url = f"{central.url}/v1/stations/{station.station_id}/ledger"
@@ -84,5 +68,5 @@ async def test_waiting_auditor_reads_do_not_starve_a_stations_request(
             f"reader pool starves the stations ({doc})")
     finally:
         release.set()
-        await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S)
+        await holder.join()
         await central.running.stop()

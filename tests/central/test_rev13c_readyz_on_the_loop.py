@@ -15,32 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.central.conftest import postgres_index, start_http_central
+from tests.central.lock_probe import SEEN_WAITING_BOUND_S, LockHold, lock_waiters, table_lock
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.test_review13_reads_off_the_loop import (
-    HEALTHZ_BOUND_S,
-    SEEN_WAITING_BOUND_S,
-    Probe,
-    _healthz,
-)
 
 # The readiness probe's count (edge/central/sql/lock_extensions.py), not the lock-extension round's read.
 _PROBE_COUNT = "SELECT count(*) FROM lock_extensions_pending"
-
-
-def _waits_on_a_lock(pg_database: PostgresDatabaseUnderTest) -> bool:
-    """Whether the readiness probe's count waits on a lock (on whichever of the receiver's connections:
-    on the loop's before the fix, a reader thread's after it)."""
-    with pg_database.admin() as admin:
-        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-                            "datname = current_database() AND query = %s", (_PROBE_COUNT,)).fetchone()
-    return row is not None and int(str(row[0])) > 0
 
 
 @pytest.mark.parametrize("table", ["lock_extensions_pending", "console_accounts"],
@@ -49,36 +34,23 @@ async def test_readyz_waiting_on_postgresql_leaves_healthz_answered(
     tmp_path: Path, pg_database: PostgresDatabaseUnderTest, monkeypatch: pytest.MonkeyPatch, table: str,
 ) -> None:
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
-    probe = Probe()
     asked = threading.Event()
-
-    def hold() -> None:
-        with pg_database.admin() as other, other.transaction():
-            other.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-            probe.held.set()
-            asked.wait(SEEN_WAITING_BOUND_S)
-            waited_s = SEEN_WAITING_BOUND_S if table == "lock_extensions_pending" else 2.0
-            deadline = time.monotonic() + waited_s
-            while time.monotonic() < deadline:
-                if _waits_on_a_lock(pg_database):
-                    probe.read_seen_waiting = True
-                    break
-                time.sleep(0.05)  # polling for the wait to show, not proving an absence
-            probe.healthz_status, probe.healthz_error = _healthz(central.url, HEALTHZ_BOUND_S)
-
+    # Whether the readiness probe's count waits on a lock (on whichever of the receiver's connections: on the
+    # loop's before the fix, a reader thread's after it); with the unrelated lock it never does: a short look.
+    probe = LockHold(pg_database, table_lock(table),
+                     waiter=lambda: lock_waiters(pg_database, query=_PROBE_COUNT) > 0, look_after=asked,
+                     look_for_s=SEEN_WAITING_BOUND_S if table == "lock_extensions_pending" else 2.0,
+                     healthz_url=central.url)
     try:
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert await asyncio.to_thread(probe.held.wait, SEEN_WAITING_BOUND_S)
+        await probe.start()
         timeout = aiohttp.ClientTimeout(total=SEEN_WAITING_BOUND_S * 2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             readyz = asyncio.create_task(session.get(f"{central.url}/readyz"))
             asked.set()
-            await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
+            await probe.join()
             (await readyz).release()
-        assert not holder.is_alive()
         if table == "lock_extensions_pending":
-            assert probe.read_seen_waiting, "the readiness probe's read was never seen waiting"
+            assert probe.waiter_seen, "the readiness probe's read was never seen waiting"
         assert probe.healthz_status == 200, (
             f"/healthz was not answered while /readyz waited on {table} ({probe.healthz_error}): "
             "Readiness._check_lock_extensions reads PostgreSQL on the event loop")

@@ -23,18 +23,10 @@ import pytest
 
 from edge.central.console.sessions import COOKIE_NAME
 from tests.central.conftest import FakeStation, get_json, postgres_index, start_http_central
+from tests.central.lock_probe import SEEN_WAITING_BOUND_S, LockHold, lock_waiters, table_lock
 from tests.central.pg import PostgresDatabaseUnderTest
 
-SEEN_WAITING_BOUND_S = 60.0
 STATION_BOUND_S = 20.0
-
-
-def _session_lookups_waiting(pg_database: PostgresDatabaseUnderTest) -> int:
-    with pg_database.admin() as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
-            "current_database() AND query ILIKE '%FROM console_sessions%'").fetchone()
-    return 0 if row is None else int(str(row[0]))
 
 
 @pytest.mark.parametrize("anonymous", [True, False], ids=["anonymous-cookie-waits", "control-none"])
@@ -44,19 +36,10 @@ async def test_an_anonymous_session_lookup_does_not_hold_the_writer(
 ) -> None:
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     release = threading.Event()
-    held = threading.Event()
-
-    def hold_sessions() -> None:
-        with pg_database.admin() as other, other.transaction():
-            other.execute("LOCK TABLE console_sessions IN ACCESS EXCLUSIVE MODE")
-            held.set()
-            release.wait(SEEN_WAITING_BOUND_S * 3)
-
-    holder = threading.Thread(target=hold_sessions)
+    holder = LockHold(pg_database, table_lock("console_sessions"), release=release)
     try:
         central.store_index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
-        holder.start()
-        assert await asyncio.to_thread(held.wait, SEEN_WAITING_BOUND_S)
+        await holder.start()
         timeout = aiohttp.ClientTimeout(total=SEEN_WAITING_BOUND_S * 3)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             lookups = []
@@ -64,7 +47,8 @@ async def test_an_anonymous_session_lookup_does_not_hold_the_writer(
                 cookie = {"Cookie": f"{COOKIE_NAME}={secrets.token_urlsafe(32)}"}
                 lookups.append(asyncio.create_task(session.get(f"{central.url}/v1/items", headers=cookie)))
                 deadline = time.monotonic() + SEEN_WAITING_BOUND_S
-                while await asyncio.to_thread(_session_lookups_waiting, pg_database) < 1:
+                while await asyncio.to_thread(lock_waiters, pg_database,
+                                              query_like="%FROM console_sessions%") < 1:
                     assert time.monotonic() < deadline, "the session look-up was never seen waiting"
                     await asyncio.sleep(0.05)  # polling for the wait to show, not proving an absence
             try:
@@ -82,5 +66,5 @@ async def test_an_anonymous_session_lookup_does_not_hold_the_writer(
             f"anonymous request's session look-up waited on PostgreSQL in the writer thread ({doc})")
     finally:
         release.set()
-        await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S)
+        await holder.join()
         await central.running.stop()

@@ -11,13 +11,7 @@ after a bound that marks the hang). Control: the same read made on the event loo
 
 from __future__ import annotations
 
-import asyncio
-import http.client
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -29,58 +23,15 @@ from tests.central.conftest import (
     postgres_index,
     start_http_central,
 )
+from tests.central.lock_probe import (
+    HEALTHZ_BOUND_S,
+    SEEN_WAITING_BOUND_S,
+    STALLED_HEALTHZ_BOUND_S,
+    LockHold,
+    lock_waiters,
+    table_lock,
+)
 from tests.central.pg import PostgresDatabaseUnderTest
-
-# Bounds on a loaded machine, not premises.
-SEEN_WAITING_BOUND_S = 60.0
-HEALTHZ_BOUND_S = 20.0
-# The control's /healthz cannot be answered before the release whatever the bound: a short one suffices.
-STALLED_HEALTHZ_BOUND_S = 5.0
-
-
-@dataclass
-class Probe:
-    held: threading.Event = field(default_factory=threading.Event)
-    read_seen_waiting: bool = False
-    healthz_status: int | None = None
-    healthz_error: str | None = None
-
-
-def _healthz(url: str, bound_s: float) -> tuple[int | None, str | None]:
-    parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=bound_s)
-    try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status, None
-    except OSError as exc:  # socket.timeout included: no answer within the bound
-        return None, f"{type(exc).__name__}: {exc}"
-    finally:
-        connection.close()
-
-
-def _a_read_waits_on_a_table_lock(pg_database: PostgresDatabaseUnderTest) -> bool:
-    with pg_database.admin() as admin:
-        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND wait_event = 'relation' AND datname = current_database()").fetchone()
-    return row is not None and int(str(row[0])) > 0
-
-
-def _lock_the_stations(
-    pg_database: PostgresDatabaseUnderTest, url: str, probe: Probe, bound_s: float
-) -> None:
-    """A maintenance's hold on ``stations``: lock it, wait for a read to queue behind, ask /healthz, then
-    commit (releasing the lock)."""
-    with pg_database.admin() as other, other.transaction():
-        other.execute("LOCK TABLE stations IN ACCESS EXCLUSIVE MODE")
-        probe.held.set()
-        deadline = time.monotonic() + SEEN_WAITING_BOUND_S
-        while time.monotonic() < deadline:
-            if _a_read_waits_on_a_table_lock(pg_database):
-                probe.read_seen_waiting = True
-                break
-            time.sleep(0.05)  # polling for the wait to show, not proving an absence
-        probe.healthz_status, probe.healthz_error = _healthz(url, bound_s)
 
 
 @pytest.mark.parametrize("on_the_loop", [False, True], ids=["read-off-the-loop", "control-read-on-the-loop"])
@@ -91,11 +42,10 @@ async def test_a_receiver_whose_read_waits_on_postgresql_still_answers_healthz(
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     try:
         central.store_index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
-        probe = Probe()
-        bound_s = STALLED_HEALTHZ_BOUND_S if on_the_loop else HEALTHZ_BOUND_S
-        holder = threading.Thread(target=_lock_the_stations, args=(pg_database, central.url, probe, bound_s))
-        holder.start()
-        assert await asyncio.to_thread(probe.held.wait, SEEN_WAITING_BOUND_S)
+        probe = await LockHold(
+            pg_database, table_lock("stations"),
+            waiter=lambda: lock_waiters(pg_database, wait_event="relation") > 0, healthz_url=central.url,
+            healthz_bound_s=STALLED_HEALTHZ_BOUND_S if on_the_loop else HEALTHZ_BOUND_S).start()
         if on_the_loop:
             # Control: the authentication's read made here, on the loop, as it was before.
             assert central.store_index.station(station.station_id) is not None
@@ -105,9 +55,8 @@ async def test_a_receiver_whose_read_waits_on_postgresql_still_answers_healthz(
                 url = f"{central.url}/v1/stations/{station.station_id}/ledger"
                 status, doc = await get_json(session, url, {"X-Edge-Station": station.station_id})
             assert status == 200, doc
-        await asyncio.to_thread(holder.join, SEEN_WAITING_BOUND_S * 2)
-        assert not holder.is_alive()
-        assert probe.read_seen_waiting, "the read was never seen waiting for the table lock"
+        await probe.join()
+        assert probe.waiter_seen, "the read was never seen waiting for the table lock"
         if on_the_loop:
             assert probe.healthz_status is None, "control: /healthz was answered while the loop was blocked"
             await answers_healthz_again(central.url)

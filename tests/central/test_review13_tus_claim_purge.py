@@ -27,10 +27,12 @@ from edge.central.postgres.tus_shared_store import SharedTusStore, StagedUpload
 from edge.central.tus_store import UploadNotFoundError
 from edge.central.upload_memory import UploadMemory
 from tests.central.conftest import FakeStation
+from tests.central.lock_probe import lock_waiters
 from tests.central.receivers import ReceiverSite
 from tests.central.test_tus_shared_store import (
     PART,
     Pair,
+    _complete_upload,
     _create,
     _enrol,
     _patch,
@@ -50,28 +52,11 @@ def _store(store: object) -> SharedTusStore:
     return store
 
 
-async def _complete_upload(pair: Pair, station: FakeStation, content: bytes) -> tuple[str, dict[str, str]]:
-    headers = _enrol(pair.a, station)
-    async with aiohttp.ClientSession() as session:
-        upload = await _create(session, pair.url("a"), headers, len(content))
-        status, _, text = await _patch(session, pair.url("a"), upload, headers, 0, content,
-                                       _prefix_checksum(content))
-        assert status == 204, text
-    return upload, headers
-
-
 def _expire(site: ReceiverSite, upload: str) -> None:
     """The upload's expiry moved into the past (as hours without a registration would)."""
     with site.pg.admin() as admin:
         admin.execute("UPDATE tus_uploads SET expires = now() - interval '1 minute' WHERE upload_id = %s",
                       (upload,))
-
-
-def _claim_waits_on_a_lock(site: ReceiverSite) -> bool:
-    with site.pg.admin() as admin:
-        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                            "AND wait_event = 'advisory' AND datname = current_database()").fetchone()
-    return row is not None and int(str(row[0])) > 0
 
 
 @dataclass
@@ -113,7 +98,7 @@ def _interleave(
     claimer.start()
     # The claim either waits for the purge's lock (seen in PostgreSQL) or, without it, is done.
     deadline = time.monotonic() + BOUND_S
-    while not (run.claim_done.is_set() or _claim_waits_on_a_lock(site)):
+    while not (run.claim_done.is_set() or lock_waiters(site.pg, wait_event="advisory") > 0):
         assert time.monotonic() < deadline, "the claim neither finished nor waited for the upload's lock"
         time.sleep(0.02)  # polling for a state to show, not proving an absence
     run.go_on.set()

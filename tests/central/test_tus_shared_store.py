@@ -111,6 +111,17 @@ async def _offset(session: aiohttp.ClientSession, url: str, upload: str, headers
         return int(answer.headers["Upload-Offset"])
 
 
+async def _complete_upload(pair: Pair, station: FakeStation, content: bytes) -> tuple[str, dict[str, str]]:
+    """`content` uploaded whole to receiver a in one PATCH: the upload's id and the station's headers."""
+    headers = _enrol(pair.a, station)
+    async with aiohttp.ClientSession() as session:
+        upload = await _create(session, pair.url("a"), headers, len(content))
+        status, _, text = await _patch(session, pair.url("a"), upload, headers, 0, content,
+                                       _prefix_checksum(content))
+        assert status == 204, text
+    return upload, headers
+
+
 def _staged_keys(site: ReceiverSite, upload: str) -> list[str]:
     listing = raw_client(site.gateway).list_object_versions(Bucket=site.bucket,
                                                             Prefix=f"{STAGING_PREFIX}{upload}/")
