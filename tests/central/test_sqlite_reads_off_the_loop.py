@@ -28,11 +28,7 @@ from edge.central.index import Role
 from edge.central.sqlite.database import SqliteDatabase
 from edge.central.storage import Readers
 from tests.central.conftest import FakeStation, answers_healthz_again, enroll, get_json, start_http_central
-from tests.central.test_review13_reads_off_the_loop import (
-    HEALTHZ_BOUND_S,
-    SEEN_WAITING_BOUND_S,
-    STALLED_HEALTHZ_BOUND_S,
-)
+from tests.central.lock_probe import HEALTHZ_BOUND_S, SEEN_WAITING_BOUND_S, STALLED_HEALTHZ_BOUND_S
 
 _T = TypeVar("_T")
 AUDITOR = "auditor-9"
