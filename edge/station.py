@@ -348,6 +348,11 @@ class StationAgent:
             if self._own_backend and close is not None:
                 close()
 
+    def _kept_free_bytes(self) -> int:
+        """What the rooms recording hold on the store's disk beyond its reserve (the pipeline is made after
+        the GB/T 28181 platform: read when a download's receiver looks)."""
+        return 0 if self.pipeline is None else self.pipeline.kept_space.bytes_now()
+
     def _add_gb28181(self, supervisor: Supervisor) -> None:
         """The GB/T 28181 platform (edge.gb28181): devices register, keep alive, answer queries. Losing it
         costs those devices' downloads until it is back, never evidence already stored."""
@@ -364,7 +369,9 @@ class StationAgent:
             record=lambda entry_type, data: store.record(entry_type, None, data),
             clock_trusted=lambda: self.status.clock_trusted,
             # The download spool is on the store's disk: a transfer stops before it eats into the reserve.
-            open_receiver=receiver_keeping_free(self.config.offload.min_free_bytes),
+            # ... nor into what the rooms recording hold beyond it (edge.ingest.kept_space, issue 11).
+            open_receiver=receiver_keeping_free(self.config.offload.min_free_bytes,
+                                                kept_free=self._kept_free_bytes),
             clock_history_dir=store.layout.root / CLOCK_HISTORY_DIR,
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot

@@ -18,6 +18,7 @@ PSM (64 KiB) and a few header bytes; a video PES's body is passed on as it comes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from drivers.gb28181.ps import (
@@ -35,6 +36,7 @@ from drivers.gb28181.ps import (
     parse_psm,
 )
 
+_ZEROS = re.compile(b"\x00+")
 # Bytes of a video PES enough to read its header (MPEG-2: 9 + up to 255 header bytes is the most; GB
 # devices write at most PTS and DTS: 19; an MPEG-1 header with stuffing: 34).
 VIDEO_HEADER_BYTES = 64
@@ -89,6 +91,12 @@ class PsAudioSplitter:
         if self.stream_map is None:
             return None
         return next((s.codec for s in self.stream_map.streams if is_audio(s.stream_id)), None)
+
+    def audio_stream_id(self) -> int | None:
+        """The stream id of the first audio stream the last PSM lists (None: no PSM, or no audio in it)."""
+        if self.stream_map is None:
+            return None
+        return next((s.stream_id for s in self.stream_map.streams if is_audio(s.stream_id)), None)
 
     def feed(self, data: bytes) -> SplitOutput:
         self.bytes_in += len(data)
@@ -181,9 +189,16 @@ class PsAudioSplitter:
         if len(buffer) < 4:
             return False
         if buffer[:3] != START_CODE:
-            if buffer[0] == 0:  # stuffing zeros between structures: passed on
-                passed.append(0)
-                del buffer[:1]
+            if buffer[0] == 0:  # stuffing zeros between structures: passed on, a run at a time
+                zeros = _ZEROS.match(buffer)
+                assert zeros is not None
+                count = zeros.end()
+                if count == len(buffer) or buffer[count] == 1:
+                    count -= 2  # its last two may begin a start code (00 00 01)
+                if count <= 0:
+                    count = 1  # 00 01 ..., or 00 00 at the end of what came: as before, one at a time
+                passed += buffer[:count]
+                del buffer[:count]
                 return True
             self._lose_sync()
             return True

@@ -6,13 +6,17 @@
 - ``GET /readyz``: the central can accept evidence now: the store takes a write (an unnamed probe file
   written and fsync'd in ``<store>/readiness/``, a directory of its own that holds no evidence and that
   `edge verify` does not look into: never in ``objects/`` or ``uploads/``, where a named probe left by
-  a crash would read as a planted file), the index answers (the Merkle log's size is read), and the log
-  signer signs (a probe message signed and verified with the central key). The verdict is cached for
+  a crash would read as a planted file), the index answers (the Merkle log's size is read), the log
+  signer signs (a probe message signed and verified with the central key), and with an S3 store the
+  buckets an upload needs answer: ``objects`` (the content bucket) and, when the tus parts have one of
+  their own (``staging_bucket``, receivers sharing PostgreSQL and S3), ``staging``. Each probe runs off
+  the event loop (a worker or reader thread) within :data:`_PROBE_TIMEOUT_S`. The verdict is cached for
   :data:`READINESS_MAX_AGE_S` seconds and shared by every caller: whoever calls and however often (the
   endpoint answers anonymous callers), the central probes at most once in that time. ``200``
   when all pass; ``503`` naming each failing check otherwise, with ``Retry-After``. The body names checks
-  and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``timed_out``): never a
-  path, an exception text or a key; the details go to the central's log, once per change of state.
+  and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``unreachable``,
+  ``timed_out``): never a path, a URL, a bucket's name, an exception text or a key; the details go to
+  the central's log (never a key or a password), once per change of state.
   A warning that does not stop the central taking evidence is named under ``warnings`` without turning
   the answer 503: ``{"crl": "expires_soon"}`` (less than 7 days before the CA's revocation list needs
   its next update; past it the broker refuses every client), ``"expired"`` or ``"unreadable"`` (also:
@@ -56,6 +60,7 @@ from cryptography.exceptions import InvalidSignature
 from edge.central.metrics import METRICS_CONTENT_TYPE, CentralMetrics
 from edge.central.objects import FileObjectStore
 from edge.central.revocation import CRL_WARN_BEFORE, CrlList, crl_standing
+from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json
 
 if TYPE_CHECKING:
@@ -157,8 +162,9 @@ class Readiness:
         return f"Readiness(last_failed={sorted(self._last_failed or ())!r})"
 
     async def check(self) -> dict[str, str]:
-        """``{check: "ok" | failure word}`` for ``store``, ``index`` and ``signer``, and ``objects`` when
-        they are in a bucket (an S3 store: the bucket answers)."""
+        """``{check: "ok" | failure word}`` for ``store``, ``index`` and ``signer``, ``objects`` when
+        they are in a bucket (an S3 store: the bucket answers), and ``staging`` when the tus parts have a
+        bucket of their own (the staging bucket answers)."""
         details: dict[str, str] = {}
         results = {
             "store": await self._timed("store", "not_writable", self._store, details),
@@ -167,6 +173,9 @@ class Readiness:
         }
         if not isinstance(self._parts.objects, FileObjectStore):  # a local folder is the "store" check
             results["objects"] = await self._timed("objects", "unreachable", self._objects, details)
+        staging = self._staging_bucket()
+        if staging is not None:
+            results["staging"] = await self._timed("staging", "unreachable", staging, details)
         # A warning, never a failed check: read off the loop within the probes' time limit (review 13),
         # and not when the index check names a database that does not answer.
         pending: list[int] = []
@@ -182,7 +191,7 @@ class Readiness:
                 log.warning("central NOT ready: %s", "; ".join(f"{name}: {details[name]}" for name in
                                                                 sorted(failed)))
             elif self._last_failed is not None:
-                log.info("central ready again: store, index and signer answer")
+                log.info("central ready again: %s answer", ", ".join(sorted(results)))
             self._last_failed = failed
         self._check_crl()
         if pending:
@@ -257,6 +266,22 @@ class Readiness:
         problem = await asyncio.to_thread(self._parts.objects.reachable)
         if problem is not None:
             raise ConnectionError(problem)
+
+    def _staging_bucket(self) -> Callable[[], Awaitable[None]] | None:
+        """The probe of the tus parts' own bucket (``staging_bucket``), which every upload's bytes go to
+        on receivers sharing PostgreSQL and S3; None without one (local uploads, or parts in the content
+        bucket, which ``objects`` checks)."""
+        uploads = self._parts.uploads
+        if isinstance(uploads, TusUploadStore) or not uploads.staging.own_bucket:
+            return None
+        staging = uploads.staging
+
+        async def probe() -> None:
+            problem = await asyncio.to_thread(staging.reachable)
+            if problem is not None:
+                raise ConnectionError(problem)
+
+        return probe
 
     async def _index(self) -> None:
         # What a station's read gets: the stations' reader threads.

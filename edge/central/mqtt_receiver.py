@@ -416,9 +416,11 @@ class MqttReceiver:
     def _queue_message_expired(self, _message: QueuedMessage) -> None:
         self.counts.expired += 1
 
-    def _queue_row_damaged(self, station: str, detail: str) -> None:
-        """A damaged row of the receive queue: an incident of the MQTT store (beside the log line)."""
-        self.store.record_incident(station, "receive_queue_damaged", detail)
+    async def _queue_row_damaged(self, station: str, detail: str) -> None:
+        """A damaged row of the receive queue: an incident of the MQTT store (beside the log line), appended
+        and fsync'd in a worker thread; awaited, so the incident is on disk before the queue goes on with the
+        lane's next message."""
+        await asyncio.to_thread(self.store.record_incident, station, "receive_queue_damaged", detail)
 
     # -- file transfer ----------------------------------------------------------------------------------
 

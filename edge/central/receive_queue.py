@@ -38,8 +38,9 @@ new id: handling it would double the work exactly when the queue is slow, review
 at most once a minute; see :meth:`ReceiveQueue.expired` for why the judgement is conservative.
 
 Damage. Each row carries the SHA-256 of its lane, topic and payload; a row that does not match (or whose
-columns are not what this module writes) is removed, reported to ``on_damaged`` (the receiver records an
-incident and logs it, naming the row and station), and the queue goes on with the next.
+columns are not what this module writes) is removed, reported to ``on_damaged`` (a coroutine: the receiver
+records an incident in a worker thread and logs it, naming the row and station), and the queue goes on with
+the next.
 A file that is not a queue at all (not SQLite, a failed quick_check, another schema) is set aside and a new
 one made; a file that cannot be used *now* (sqlite3.OperationalError: locked, I/O error, disk full) is left
 as it is and :class:`QueueUnavailable` fails the start (review 13: a good file set aside abandoned the
@@ -572,8 +573,9 @@ def _row_problem(lane: object, station: object, topic: object, payload: object, 
 
 
 Handler = Callable[[QueuedMessage], Awaitable[None]]
-DamageReport = Callable[[str, str], None]
-"""Called with the station (may be empty) and a sentence naming the damaged row."""
+DamageReport = Callable[[str, str], Awaitable[None]]
+"""Awaited with the station (may be empty) and a sentence naming the damaged row; a coroutine, so that
+what it writes (the MQTT store's incident, fsync'd) goes to a worker thread, not the event loop."""
 
 
 class QueueRunner:
@@ -746,6 +748,6 @@ class QueueRunner:
                   "sends again what it has no answer for)")
         log.error("%s", detail)
         try:
-            self._on_damaged(station, detail)
+            await self._on_damaged(station, detail)
         except Exception:
             log.exception("receive queue %s: recording the damaged row failed", self.queue.path)

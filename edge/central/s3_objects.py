@@ -225,9 +225,10 @@ class S3ObjectStore:
                                    f"{str(sha256)[:80]!r}")
         return f"{self.prefix}{sha256}"
 
-    def _failure(self, exc: Exception, what: str) -> ObjectStoreError:
-        """The store's error for a failed request: unavailable (try later) or refused (a fact)."""
-        where = f"bucket {self.bucket} at {self.config.endpoint}"
+    def _failure(self, exc: Exception, what: str, bucket: str | None = None) -> ObjectStoreError:
+        """The store's error for a failed request on ``bucket`` (default: the content bucket): unavailable
+        (try later) or refused (a fact)."""
+        where = f"bucket {bucket or self.bucket} at {self.config.endpoint}"
         if isinstance(exc, ClientError):
             status = _status(exc)
             if status >= 500 or status == 0:
@@ -669,9 +670,10 @@ class S3ObjectStore:
 
     # -- server-side assembly (the shared tus store, edge.central.postgres.tus_shared_store) -------------
 
-    def failure(self, exc: Exception, what: str) -> ObjectStoreError:
-        """The store's error for a failed request of another component on this bucket."""
-        return self._failure(exc, what)
+    def failure(self, exc: Exception, what: str, bucket: str | None = None) -> ObjectStoreError:
+        """The store's error for a failed request of another component on this bucket, or on ``bucket``
+        (the staging bucket: same endpoint and keys)."""
+        return self._failure(exc, what, bucket)
 
     def put_copies(
         self, sources: Sequence[CopySource], sha256: str, retention: Retention | None = None

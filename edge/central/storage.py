@@ -113,14 +113,14 @@ class UnitOfWork(Protocol):
     async def run_writes(self, work: Callable[[], _T]) -> _T:
         """``work()``, which opens its transactions itself, where waiting for the database's writer lock
         does not stall the event loop if the lock can be held by another process (PostgreSQL: a writer
-        thread; SQLite: inline)."""
+        thread; SQLite: inline, under the writer mutex its readers' transactions take too)."""
         ...
 
     async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
         """``work()``, which only reads (committed rows), where a slow or unreachable database does not
-        stall the event loop (PostgreSQL: the ``readers``' threads, each with a connection of its own;
-        SQLite: inline, see :meth:`edge.central.sqlite.database.SqliteDatabase.run_reads`). Iterators must
-        be consumed inside ``work``."""
+        stall the event loop: the ``readers``' threads, each with a connection of its own (PostgreSQL; and
+        SQLite, read-only connections beside the writer: :mod:`edge.central.sqlite.database`). A transaction
+        ``work`` opens writes on the writer's connection. Iterators must be consumed inside ``work``."""
         ...
 
 

@@ -37,6 +37,10 @@ Choices the protocol leaves open:
 - A creation request whose body fails (460, 408, 413) still created the upload: the refusal carries
   ``Location`` and ``Upload-Offset`` so the client resumes instead of starting over.
 - ``X-HTTP-Method-Override: PATCH|DELETE|HEAD`` on a POST to an upload URL.
+- Termination (``DELETE``) of a complete upload that a registration claimed (on any receiver) is refused
+  with ``423 upload_registering`` while the registration's lease runs (the store's ``terminate``): the
+  content is never pulled from under the registration moving it into the object store; registration
+  removes the upload itself once it is registered.
 - A finished upload's file is never opened for writing again (registration may have linked it into the
   object store).
 """
@@ -78,6 +82,7 @@ from edge.central.tus_store import (
     UploadBusyError,
     UploadExpiredError,
     UploadInfo,
+    UploadLeasedError,
     UploadNotFoundError,
     UploadTooLargeError,
     is_upload_id,
@@ -803,13 +808,17 @@ class _TusEndpoints:
         station = await self._caller(request)
         info = await self._owned(request, station, allow_expired=True)
         try:
-            await _blocking(self._store.remove, info.upload_id)
+            await _blocking(self._store.terminate, info.upload_id)
         except UploadBusyError:
             raise TusRequestError(
                 409,
                 "upload_busy",
                 f"upload {info.upload_id} is being written by another request; retry later",
             ) from None
+        except UploadLeasedError as exc:
+            # A registration is moving the content into the object store: not pulled from under it.
+            log.info("termination of upload %s by station %s refused: %s", info.upload_id, station, exc)
+            raise TusRequestError(423, "upload_registering", str(exc)) from None
         log.info("upload %s terminated by station %s", info.upload_id, station)
         return web.Response(status=204, headers=_base_headers())
 

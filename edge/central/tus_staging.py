@@ -69,6 +69,23 @@ class TusStaging:
     def __repr__(self) -> str:
         return f"TusStaging(bucket={self.bucket!r}, prefix={STAGING_PREFIX!r})"
 
+    @property
+    def own_bucket(self) -> bool:
+        """Whether the parts have a bucket of their own (``staging_bucket``), not the content bucket."""
+        return self.bucket != self.objects.bucket
+
+    def _failure(self, exc: Exception, what: str) -> ObjectStoreError:
+        return self.objects.failure(exc, what, self.bucket)
+
+    def reachable(self) -> str | None:
+        """None when the parts' bucket answers, else a sentence (readiness: a receiver whose staging
+        bucket is gone cannot take an upload's bytes)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            return str(self._failure(exc, "head staging bucket"))
+        return None
+
     @staticmethod
     def key(upload_id: str, part: int) -> str:
         return f"{STAGING_PREFIX}{upload_id}/{part:05d}"
@@ -85,7 +102,7 @@ class TusStaging:
             answer = self.client.put_object(Bucket=self.bucket, Key=self.key(upload_id, part), Body=data,
                                             ContentMD5=md5)
         except (ClientError, BotoCoreError) as exc:
-            raise self.objects.failure(exc, f"store part {part} of upload {upload_id}") from None
+            raise self._failure(exc, f"store part {part} of upload {upload_id}") from None
         version = str(answer.get("VersionId") or "")
         if not version:
             raise ObjectStoreError(f"bucket {self.bucket} returned no version id for part {part} of upload "
@@ -111,9 +128,9 @@ class TusStaging:
                 if _code(exc) in _NOT_FOUND:
                     raise FileNotFoundError(f"{source.key} version {source.version_id} is not in bucket "
                                             f"{self.bucket}") from None
-                raise self.objects.failure(exc, f"read {source.key}") from None
+                raise self._failure(exc, f"read {source.key}") from None
             except BotoCoreError as exc:
-                raise self.objects.failure(exc, f"read {source.key}") from None
+                raise self._failure(exc, f"read {source.key}") from None
             if got != source.size:
                 raise ObjectStoreError(f"{source.key} version {source.version_id} holds {got} bytes, its "
                                        f"record says {source.size}")
@@ -127,7 +144,7 @@ class TusStaging:
             self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
         except (ClientError, BotoCoreError) as exc:
             log.warning("staged part %s version %s could not be deleted (a lifecycle rule on %s removes it "
-                        "later): %s", key, version_id, STAGING_PREFIX, self.objects.failure(exc, "delete"))
+                        "later): %s", key, version_id, STAGING_PREFIX, self._failure(exc, "delete"))
             return False
         return True
 
@@ -142,5 +159,5 @@ class TusStaging:
                 for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
                     found.append((str(entry["Key"]), str(entry["VersionId"])))
         except (ClientError, BotoCoreError) as exc:
-            raise self.objects.failure(exc, f"list the parts of upload {upload_id}") from None
+            raise self._failure(exc, f"list the parts of upload {upload_id}") from None
         return all([self.delete_version(key, version) for key, version in found])

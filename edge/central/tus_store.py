@@ -86,6 +86,7 @@ __all__ = [
     "UploadExpiredError",
     "UploadIncompleteError",
     "UploadInfo",
+    "UploadLeasedError",
     "UploadNotFoundError",
     "UploadTooLargeError",
     "UploadWrite",
@@ -148,6 +149,18 @@ class UploadExpiredError(TusStoreError):
 
 class UploadBusyError(TusStoreError):
     """Another request is writing to this upload right now."""
+
+
+class UploadLeasedError(TusStoreError):
+    """A registration holds the complete upload's content (its lease): the station may not terminate it
+    under the registration."""
+
+    def __init__(self, upload_id: str, leased_until: datetime) -> None:
+        super().__init__(f"upload {upload_id} is held by its registration (its lease runs until "
+                         f"{_format_time(leased_until)}) and is removed once registered; terminate it "
+                         "after that if it is still there")
+        self.upload_id = upload_id
+        self.leased_until = leased_until
 
 
 class UploadIncompleteError(TusStoreError):
@@ -565,11 +578,24 @@ class TusUploadStore:
             return state.received if state is not None and state.info.complete else None
 
     def remove(self, upload_id: str) -> bool:
-        """Delete the upload's files; False when there was nothing. Raises :class:`UploadBusyError`."""
+        """Delete the upload's files (registration, done with them); False when there was nothing. Raises
+        :class:`UploadBusyError`."""
+        return self._remove(upload_id, terminating=False)
+
+    def terminate(self, upload_id: str) -> bool:
+        """:meth:`remove` for the station's tus termination (DELETE): refused with
+        :class:`UploadLeasedError` while a registration holds the complete upload (:meth:`complete_path`'s
+        lease), so that the content is never pulled from under the registration moving it."""
+        return self._remove(upload_id, terminating=True)
+
+    def _remove(self, upload_id: str, *, terminating: bool) -> bool:
         with self._lock:
             state = self._load_locked(upload_id)
             if state is not None and state.busy:
                 raise UploadBusyError(f"upload {upload_id} is being written by another request")
+            if terminating and state is not None and state.info.complete \
+                    and self._clock() < state.leased_until:
+                raise UploadLeasedError(upload_id, _whole_seconds(state.leased_until))
             self._states.pop(upload_id, None)
             removed = self._unlink_files(upload_id)
         if removed:

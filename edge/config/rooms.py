@@ -291,8 +291,9 @@ class RoomSourceConfig(StrictModel):
         description="ffmpeg inputs, in order (at least one, unless the source is a gb28181 channel)",
     )
     gb28181: RoomGbChannelConfig | None = Field(
-        None, description="A GB/T 28181 channel instead of inputs: its live video, stream-copied (its "
-        "G.711 audio is not recorded: ffmpeg cannot read it from PS; give the room a microphone source)",
+        None, description="A GB/T 28181 channel instead of inputs: its live video, stream-copied, and its "
+        "G.711 sound (PSM stream type 0x90/0x91, taken out of the PS by the agent, encoded to AAC); a camera "
+        "whose sound is not G.711 records video only",
     )
     codec: Literal["auto", "copy", "encode"] = Field(
         "auto",

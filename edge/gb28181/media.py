@@ -64,7 +64,9 @@ recording it was asked for), when the transfer stalls or runs too long (`time-li
 error (`error`), on the disk falling behind a UDP stream (`disk-slow`, above), or when the disk holding the
 raw PS runs low (`disk-full`, with `min_free_bytes`: after each write, the disk's free space must keep
 `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received, so what came can still be copied
-into the store and converted there without eating into the store's reserve; review 22; a write refused for
+into the store and converted there without eating into the store's reserve; review 22; plus, read at each
+look, `kept_free()`: what writers that cannot wait hold beyond that reserve, the rooms recording, issue 11;
+a write refused for
 a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26, also the write in flight as the session ends;
 the outcome's `write_refused` names the errno and `write_refused_free_bytes` what statvfs showed just after,
 in the worker call that was refused, which tells a quota from a full disk: review 29; an fsync refused for
@@ -687,6 +689,7 @@ class MediaReceiver:
         max_buffered_bytes: int,
         sink: Callable[[bytes], None] | None = None,
         min_free_bytes: int = 0,
+        kept_free: Callable[[], int] | None = None,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
@@ -710,6 +713,7 @@ class MediaReceiver:
         self._clock = clock
         self._max_buffered = max_buffered_bytes
         self._min_free_bytes = min_free_bytes
+        self._kept_free = kept_free  # read on the loop at each look: the holders come and go
         window = reorder_window if transport is MediaTransport.UDP else 1
         self._reorder = ReorderBuffer(window=window)
         self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
@@ -1121,14 +1125,16 @@ class MediaReceiver:
                 self._detail = self._write_failed
             return
         received = self._counters.bytes
-        needed = self._min_free_bytes + ROOM_PER_RECEIVED_BYTE * received
+        kept = 0 if self._kept_free is None else self._kept_free()
+        needed = self._min_free_bytes + kept + ROOM_PER_RECEIVED_BYTE * received
         if self._min_free_bytes and self._ended is None and flight.result() < needed:
             # Stopped here, not at a full disk: what came can still be sealed (the rest of the stream is
             # not taken: `_finish` writes only what was already buffered).
+            held = f" and the {kept} held for the rooms recording" if kept else ""
             self._end(EndReason.DISK_FULL,
                       f"the disk of the raw PS has {flight.result()} bytes free after {received} bytes "
-                      f"received: under the {self._min_free_bytes} kept free plus {ROOM_PER_RECEIVED_BYTE} "
-                      "x what came (room to seal it)")
+                      f"received: under the {self._min_free_bytes} kept free{held} plus "
+                      f"{ROOM_PER_RECEIVED_BYTE} x what came (room to seal it)")
             return
         if self._paused and len(self._pending) < self._max_buffered // 2 and self._ended is None:
             self._paused = False
@@ -1253,6 +1259,7 @@ async def open_receiver(
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     sink: Callable[[bytes], None] | None = None,
     min_free_bytes: int = 0,
+    kept_free: Callable[[], int] | None = None,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
@@ -1288,7 +1295,7 @@ async def open_receiver(
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
         time_limit_s=time_limit_s, progress_window_s=progress_window_s, min_progress_s=min_progress_s,
         clock=clock, reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
-        min_free_bytes=min_free_bytes,
+        min_free_bytes=min_free_bytes, kept_free=kept_free,
     )
     try:
         await receiver._start()
@@ -1299,14 +1306,16 @@ async def open_receiver(
     return receiver
 
 
-def receiver_keeping_free(min_free_bytes: int) -> Callable[..., Awaitable[MediaReceiver]]:
+def receiver_keeping_free(min_free_bytes: int, kept_free: Callable[[], int] | None = None
+                          ) -> Callable[..., Awaitable[MediaReceiver]]:
     """`open_receiver` with its free-space guard set (`min_free_bytes`: the station store's reserve, since
-    the download spool is on the store's disk), for the platform's `open_receiver` seam."""
+    the download spool is on the store's disk; `kept_free`: what the rooms recording hold beyond it, read
+    at each look), for the platform's `open_receiver` seam."""
     if min_free_bytes < 0:
         raise MediaError("min_free_bytes must not be negative")
 
     async def open_keeping_free(*args: Any, **kwargs: Any) -> MediaReceiver:
-        return await open_receiver(*args, min_free_bytes=min_free_bytes, **kwargs)
+        return await open_receiver(*args, min_free_bytes=min_free_bytes, kept_free=kept_free, **kwargs)
 
     return open_keeping_free
 

@@ -62,6 +62,7 @@ from edge.ingest.copy import (
     reread_and_compare,
 )
 from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
+from edge.ingest.kept_space import KeptFree, KeptSpace, SpaceKeptError
 from edge.ingest.manifest import build_manifest
 from edge.ingest.repository import (
     REBUILD_FAILED,
@@ -164,6 +165,9 @@ class IngestRun:
     outcome: IngestOutcome
     items: list[IngestedItem]
     sealed: list[str]  # items sealed in this run or before, in the order they were done
+    # STORE_FULL because the copy would have taken the space writers that cannot wait hold (the rooms
+    # recording: edge.ingest.kept_space): what they hold. Empty when the store itself was full.
+    kept_for: tuple[KeptFree, ...] = ()
 
 
 class SourceGoneError(Exception):
@@ -196,6 +200,9 @@ class IngestPipeline:
         # and renames into one day directory share its fsync.
         self.commits = GroupCommit(store)
         self.directories = DirectorySync()
+        # What the rooms recording hold beyond the store's reserve (they register while they record): a copy
+        # that can wait keeps it free too (edge.ingest.kept_space).
+        self.kept_space = KeptSpace()
 
     async def commit(self, work: Callable[[], T]) -> T:
         """Run repository transitions in the next group transaction; resume once it committed."""
@@ -363,6 +370,7 @@ class IngestPipeline:
         on_progress: Callable[[IngestProgress], None] | None = None,
         gone: Collection[str] = (),
         prove_by_hash: bool = False,
+        can_wait: bool = True,
     ) -> IngestRun:
         """Acquire, verify, seal and publish every offered item not already sealed; resume any that
         an earlier run left half way.
@@ -374,13 +382,18 @@ class IngestPipeline:
         is read again (when the source can) and must hash to that item; if it does, the match is on
         the ledger (`verified`) and counts as this run's re-read of the original; if not, the earlier
         item is `superseded` (an `error` entry says why) and the original is acquired as a new item.
+        `can_wait`: the originals stay at the source and can be copied later (a recorder, a device's
+        recording), so each copy keeps free, beyond the store's reserve, what `kept_space` holds now (the
+        rooms recording) or the run ends STORE_FULL with `kept_for` saying for whom; False for the station's
+        own recordings (room segments), which that space is held for.
         """
         keys = [o.key for o in offered]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{source.kind} {source.device}: an original was offered twice in one run")
         await _in_thread(self.executor, self.store.hold_reserve)  # given up by an earlier disk-full run
         gone = frozenset({*gone, AcquisitionState.SUPERSEDED})
-        run = _Run(self, source, progress or IngestProgress(), on_progress, gone=gone, prove=prove_by_hash)
+        run = _Run(self, source, progress or IngestProgress(), on_progress, gone=gone, prove=prove_by_hash,
+                   can_wait=can_wait)
         admitted = self.repository.admit(keys, gone=gone)
         work = [IngestedItem(o, a) for o, a in zip(offered, admitted, strict=True)]
         return await run.acquire_all(work)
@@ -403,10 +416,13 @@ class _Run:
         *,
         gone: frozenset[str] = frozenset(),
         prove: bool = False,
+        can_wait: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.gone = gone
         self.prove = prove
+        self.can_wait = can_wait
+        self.kept_for: tuple[KeptFree, ...] = ()
         self.repository = pipeline.repository
         self.layout = pipeline.store.layout
         self.settings = pipeline.settings
@@ -428,10 +444,10 @@ class _Run:
             data["original"] = work.offered.display
         return data
 
-    async def error(self, work: IngestedItem | None, stage: str, reason: str) -> None:
+    async def error(self, work: IngestedItem | None, stage: str, reason: str, **more: Any) -> None:
         log.warning("%s %s: %s: %s", self.source.kind, self.source.device, stage, reason)
         self.progress.errors.append(reason)
-        data = {**self._where(work), "stage": stage, "reason": reason}
+        data = {**self._where(work), "stage": stage, "reason": reason, **more}
         item = None if work is None else work.item
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.ERROR, item, data))
         self._report()
@@ -481,6 +497,11 @@ class _Run:
         except SourceGoneError as exc:
             await self.error(None, "device", str(exc))
             outcome = IngestOutcome.SOURCE_GONE
+        except SpaceKeptError as exc:
+            # Not full: the space is held by writers that cannot wait. The store keeps its ledger reserve.
+            self.kept_for = exc.kept
+            await self.error(None, "store", str(exc), kept_for=[k.to_json() for k in exc.kept])
+            outcome = IngestOutcome.STORE_FULL
         except StoreFullError as exc:
             self.pipeline.store.release_reserve()  # room for the ledger to say so
             await self.error(None, "store", str(exc))
@@ -492,7 +513,7 @@ class _Run:
                     await task
         self.progress.current = ""
         self._report()
-        return IngestRun(outcome, work, self.sealed)
+        return IngestRun(outcome, work, self.sealed, self.kept_for)
 
     def _count_done(self, w: IngestedItem) -> None:
         self.sealed.append(w.item)
@@ -601,6 +622,9 @@ class _Run:
         part = self.layout.tmp_copy(w.item)
         part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
         reserve = self.settings.min_free_bytes
+        # Read on the loop, where the holders come and go; each copy reads it afresh.
+        kept = self.pipeline.kept_space.now() if self.can_wait else []
+        kept_bytes = sum(k.bytes for k in kept)
         needed = w.offered.size or 0
         what = f"{self.source.device}:{w.offered.display}"
         acquired_utc = station_time_now()
@@ -617,6 +641,14 @@ class _Run:
                 raise StoreFullError(
                     f"{w.offered.display}: needs {needed} bytes, station disk has {available} free "
                     f"(keeping {reserve} in reserve)"
+                )
+            if available - needed < reserve + kept_bytes:
+                holders = "; ".join(k.what for k in kept if k.bytes)
+                raise SpaceKeptError(
+                    f"{w.offered.display}: needs {needed} bytes, station disk has {available} free, keeping "
+                    f"{reserve} in reserve and {kept_bytes} for {holders}: it stays on the "
+                    f"{self.source.kind} device and is copied later, once they stop",
+                    [k for k in kept if k.bytes],
                 )
             reader = w.offered.open()
             try:

@@ -43,7 +43,8 @@ BAY::
                                       # recorder in no known bay
      "state": "empty" | "authenticating" | "copying" | "verifying" | "awaiting_receipt" | "done" | "error",
      "error_class": null | "not_allowed" | "wrong_password" | "no_password" | "no_identity" | "disk_full"
-                    | "pulled_early" | "files_failed" | "no_volume" | "device_error" | "failed",
+                    | "rooms_recording" | "pulled_early" | "files_failed" | "no_volume" | "device_error"
+                    | "failed",
      "officer": {"name": str, "badge": str} | null,        # badge: 警号
      "device": {"serial": str, "model": str, "battery_pct": int | null} | null,
      "files_done": int, "files_total": int, "bytes_done": int, "bytes_total": int,

@@ -37,6 +37,9 @@ class ErrorClass(StrEnum):
     NO_PASSWORD = "no_password"  # the station has no recorder password configured
     NO_IDENTITY = "no_identity"  # a volume that does not say which recorder it is
     DISK_FULL = "disk_full"  # the station's store is full: nothing more taken, the recorder untouched
+    # The rest of the store's disk is kept for the rooms recording (edge.ingest.kept_space): nothing more
+    # taken, the recorder untouched; dock it again once they stopped.
+    ROOMS_RECORDING = "rooms_recording"
     PULLED_EARLY = "pulled_early"  # removed (or its volume vanished) before the docking ended
     FILES_FAILED = "files_failed"  # some files could not be acquired; the rest are safe
     NO_VOLUME = "no_volume"  # switched to mass storage, but its volume never appeared

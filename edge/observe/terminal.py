@@ -40,6 +40,7 @@ ERROR_WORDS = {
     "no_password": "no recorder password configured",
     "no_identity": "volume does not say which recorder it is",
     "disk_full": "station disk full",
+    "rooms_recording": "disk space kept for the rooms recording: dock it again once they stop",
     "pulled_early": "pulled out early: dock it again",
     "files_failed": "some files failed",
     "no_volume": "recorder volume did not appear",

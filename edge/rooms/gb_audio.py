@@ -1,4 +1,4 @@
-"""The sound of a GB/T 28181 camera as a raw G.711 stream aligned with its video: pure, no I/O.
+"""The sound of a GB/T 28181 camera as a raw G.711 stream aligned with its video: pure, no I/O, bounded.
 
 The room's ffmpeg reads the camera's program stream (its video) and, beside it, the raw G.711 the agent
 writes (``-f alaw|mulaw -ar 8000 -ac 1``). A raw stream has no timestamps: its samples are its clock. So
@@ -11,15 +11,27 @@ input, whose audio the agent took out) and every later sample where its PTS puts
 * the sound never falls more than `lag_s` behind the picture: while no audio comes, silence is written up
   to the latest video PTS less `lag_s` (ffmpeg interleaves by time: sound that never comes would hold up
   the picture, and a camera that declares audio and sends none would never record);
-* audio that overlaps what is written (a PTS going back a little, sound coming after the silence put in
-  its place) has its overlapping samples dropped;
-* a timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of apart) is no
-  hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS inputs, 10 s), so
-  the audio goes on where it is (counted in `jumps`).
+* sound received is never thrown away for silence written before it: audio that comes after the lag
+  fill put silence in its place (a camera that muxes its sound more than `lag_s` after its picture) is
+  written where the sound is now, and the timeline follows that lag from then on (a *re-base*: the
+  audio's PTS shifted by it, counted in `rebases`, the shift in `shift_s`; the lag allowed grows with
+  it, up to `max_lag_s`, so that the fill does not overtake it again); a PTS set back for good (more
+  than `rebase_s` into sound already written) is a re-base too. Only a small overlap of real sound (a
+  repeated packet, a PTS going back a little) has its overlapping samples dropped (`dropped_samples`);
+* a hole is filled only up to the latest video PTS plus `lag_s`: an audio PTS further ahead of the
+  picture (a damaged or hostile PES header, an audio clock set on) is a jump, not a hole: the sound goes
+  on where it is (re-based, counted in `jumps`), so the raw sound never runs ahead of the picture;
+* a video timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of
+  apart) is no hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS
+  inputs, 10 s), so the audio goes on where it is (counted in `jumps`).
 
-Every run of silence at least `report_s` long is an :class:`AudioGap` (its start and end in station time,
-mapped from the PTS by the latest video frame's arrival): audio loss is a gap in the record like video
-loss. Shorter runs (a lost packet) are filled and counted (`filled_samples`).
+Loss is a gap in the record like video loss. The sound is judged lost (an :class:`AudioGapOpened` as soon
+as it is) from the first silence of a run of silence `report_s` long, or of a window of `window_s` of
+sound more than half filled with silence (many short holes: a camera losing most of its packets); it is
+found again (an :class:`AudioGap`, closed, with the silence within it) at the first real sound after
+which `recover_s` of sound comes with no silence in it. Station times are mapped from the PTS by the
+latest video frame's arrival. A short hole (a lost packet) is filled and counted (`filled_samples`) only.
+`finish()` (the run's end, or the session's stop) closes a gap still open (`ongoing_at_end`).
 """
 
 from __future__ import annotations
@@ -33,64 +45,117 @@ CLOCK_HZ = 90_000
 PTS_MODULUS = 1 << 33
 SILENCE = {Codec.G711A: 0xD5, Codec.G711U: 0xFF}
 FFMPEG_FORMATS = {Codec.G711A: "alaw", Codec.G711U: "mulaw"}
-REPORT_S = 0.2  # a silence run this long is a gap (10 G.711 packets of 20 ms); shorter ones are counted
-LAG_S = 1.0  # the sound is kept at most this far behind the picture
+REPORT_S = 0.2  # a silence run this long is lost sound (10 G.711 packets of 20 ms); shorter ones are counted
+WINDOW_S = 1.0  # ... and so is a window of this much sound more than half silence (many short holes)
+RECOVER_S = 0.5  # the sound is found again once this much of it came with no silence in it
+LAG_S = 1.0  # the sound is kept at most this far behind the picture (at first: see MAX_LAG_S)
+MAX_LAG_S = 5.0  # the most the lag allowed grows to follow a camera that muxes its sound late
+LAG_MARGIN_S = 0.5  # the lag allowed, beyond a late camera's measured lag
+REBASE_S = 0.1  # real sound written over by more than this is a PTS set back: a re-base, not a repeat
 MAX_JUMP_S = 10.0  # ffmpeg's dts_delta_threshold: a larger jump is a re-based clock, not a hole
 DEFAULT_FRAME_TICKS = 3600  # 25 fps, until two video PTS give the stream's own step
 
 
 @dataclass(frozen=True)
+class AudioGapOpened:
+    """The camera's sound is lost from `from_ns` (station time) while its picture goes on."""
+
+    from_ns: int
+
+
+@dataclass(frozen=True)
 class AudioGap:
-    """Silence put where the camera's sound was missing: station times, and its length in seconds."""
+    """Sound lost (closed): station times, its length and the silence put in it, in seconds."""
 
     from_ns: int
     to_ns: int
     seconds: float
     ongoing_at_end: bool = False  # the run ended while the sound was missing
+    silence_s: float | None = None  # the silence within it (None: all of it)
+
+    @property
+    def filled_s(self) -> float:
+        return self.seconds if self.silence_s is None else self.silence_s
+
+
+AudioGapEvent = AudioGapOpened | AudioGap
 
 
 class AudioTimeline:
     """See the module docstring. `video()` and `audio()` return the bytes to write to the raw pipe."""
 
     def __init__(self, codec: Codec, *, report_s: float = REPORT_S, lag_s: float = LAG_S,
-                 max_jump_s: float = MAX_JUMP_S) -> None:
+                 max_jump_s: float = MAX_JUMP_S, window_s: float = WINDOW_S,
+                 recover_s: float = RECOVER_S, max_lag_s: float = MAX_LAG_S) -> None:
         if codec not in SILENCE:
             raise ValueError(f"no raw G.711 format for {codec}")
         self.codec = codec
         self._silence = SILENCE[codec]
         self._report_samples = round(report_s * SAMPLE_RATE_HZ)
+        self._window_samples = max(1, round(window_s * SAMPLE_RATE_HZ))
+        self._recover_samples = round(recover_s * SAMPLE_RATE_HZ)
         self._lag_ticks = round(lag_s * CLOCK_HZ)
+        self._max_lag_ticks = max(self._lag_ticks, round(max_lag_s * CLOCK_HZ))
         self._max_jump_ticks = round(max_jump_s * CLOCK_HZ)
+        self._rebase_samples = round(REBASE_S * SAMPLE_RATE_HZ)
         self._last_raw: int | None = None  # the last PTS seen (either stream: one clock), as carried
         self._last_unwrapped = 0
         self._origin: int | None = None  # the first video PTS (unwrapped): sample 0
-        self._offset = 0  # ticks added to every PTS after a re-based jump (as ffmpeg does to the video)
+        self._offset = 0  # ticks added to every PTS after a re-based video jump (as ffmpeg does)
+        self._shift = 0  # samples added to every audio position after a re-base of the sound alone
         self._video_at: int | None = None  # the latest video PTS, ticks from the origin
         self._video_arrived_ns = 0
         self._frame_ticks = DEFAULT_FRAME_TICKS
         self.samples = 0  # samples written (the raw stream's clock)
+        self._real_end = 0  # the end of the last real sound written
         self._silence_from: int | None = None  # the sample where the current run of silence began
-        self.gaps: list[AudioGap] = []  # reported, not yet taken (take_gaps)
+        self._window_from = 0  # the current window of sound and the silence in it
+        self._window_filled = 0
+        self._window_first_fill: int | None = None
+        self._lost_from: int | None = None  # the sound is lost from this sample (a gap open)
+        self._lost_filled = 0  # silence written since
+        self._found_from: int | None = None  # real sound with no silence since this sample (within a gap)
+        self._closed_at = 0  # where the last gap closed (the next begins no earlier)
+        self._events: list[AudioGapEvent] = []  # reported, not yet taken (take_events)
         self.frames = 0
         self.filled_samples = 0
-        self.dropped_samples = 0  # overlapping, or before the first video frame
+        self.dropped_samples = 0  # overlapping real sound, or before the first video frame
         self.jumps = 0
+        self.rebases = 0
 
     @property
     def started(self) -> bool:
         return self._origin is not None
 
+    @property
+    def lost(self) -> bool:
+        """The sound is lost now (a gap open)."""
+        return self._lost_from is not None
+
     def seconds(self) -> float:
         return self.samples / SAMPLE_RATE_HZ
 
+    def shift_s(self) -> float:
+        """How far the sound is written from where its PTS put it (its re-bases), in seconds."""
+        return self._shift / SAMPLE_RATE_HZ
+
+    def lag_s(self) -> float:
+        """How far behind the picture the sound may fall now."""
+        return self._lag_ticks / CLOCK_HZ
+
+    def take_events(self) -> list[AudioGapEvent]:
+        """Gaps opened and closed since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
     def take_gaps(self) -> list[AudioGap]:
-        gaps, self.gaps = self.gaps, []
-        return gaps
+        """The gaps closed since the last call (those opened are dropped)."""
+        return [event for event in self.take_events() if isinstance(event, AudioGap)]
 
     # -- input ---------------------------------------------------------------------------------------------
 
     def video(self, pts: int, arrived_ns: int) -> bytes:
-        """A video PES's PTS: the first one is sample 0; each keeps the sound within `lag_s`."""
+        """A video PES's PTS: the first one is sample 0; each keeps the sound within the lag allowed."""
         at = self._unwrap(pts)
         if self._origin is None:
             self._origin = at
@@ -106,48 +171,69 @@ class AudioTimeline:
                 self._frame_ticks = step
         self._video_at = max(at, self._video_at or at)
         self._video_arrived_ns = arrived_ns
-        behind = self._video_at - self._lag_ticks
-        if behind > self._ticks(self.samples):
-            return self._fill(self._samples_at(behind) - self.samples)
-        return b""
+        behind = self._samples_at(self._video_at - self._lag_ticks)
+        return self._fill(behind - self.samples) if behind > self.samples else b""
 
     def audio(self, pts: int | None, data: bytes) -> bytes:
         """An audio frame (its PES's PTS, None: right after the previous one) as bytes to write."""
-        if self._origin is None or not data:
+        if self._origin is None or self._video_at is None or not data:
             self.dropped_samples += len(data)
             return b""
         self.frames += 1
         if pts is None:
             start = self.samples
         else:
-            start = self._samples_at(self._unwrap(pts) - self._origin + self._offset)
-        jump = start - self.samples
-        if abs(jump) > self._max_jump_ticks * SAMPLE_RATE_HZ // CLOCK_HZ:
-            self.jumps += 1  # a clock set: the sound goes on where it is
-            jump = 0
+            start = self._samples_at(self._unwrap(pts) - self._origin + self._offset) + self._shift
         out = bytearray()
-        if jump > 1:  # a hole (one sample of rounding is none)
-            out += self._fill(jump)
-        elif jump < 0:  # overlaps what is written: those samples go
-            self.dropped_samples += min(len(data), -jump)
-            data = data[-jump:]
+        ahead_limit = self._samples_at(self._video_at + self._lag_ticks)
+        if start > self.samples + 1:  # a hole (one sample of rounding is none) ...
+            if start > ahead_limit or start - self.samples > self._samples_at(self._max_jump_ticks):
+                # ... or a PTS far ahead of the picture: a jump, the sound goes on where it is.
+                self._shift -= start - self.samples
+                self.jumps += 1
+            else:
+                out += self._fill(start - self.samples)
+        elif start < self.samples:
+            data = self._overlap(start, data)
         if data:
-            self._real()
+            self._real(len(data))
             out += data
-            self.samples += len(data)
         return bytes(out)
 
     def finish(self) -> bytes:
-        """The run ended: the sound filled up to the end of the last video frame; a silence run then still
-        going on is reported (`ongoing_at_end`)."""
+        """The run ended (or the session stopped): the sound filled up to the end of the last video frame;
+        a gap still open is closed there (`ongoing_at_end`)."""
         if self._video_at is None:
             return b""
         end = self._samples_at(self._video_at + self._frame_ticks)
         out = self._fill(end - self.samples) if end > self.samples else b""
-        self._real(ongoing=True)
+        self._window_end()
+        if self._lost_from is not None:
+            self._close(self.samples, ongoing=True)
+        self._silence_from = None
         return out
 
     # -- internals -----------------------------------------------------------------------------------------
+
+    def _overlap(self, start: int, data: bytes) -> bytes:
+        """Audio starting at `start`, before what is written: what is left of `data` to write."""
+        over_real = max(0, self._real_end - start)
+        if over_real <= self._rebase_samples:
+            # A repeated packet or a PTS back a little: the samples of it already written go.
+            dropped = min(over_real, len(data))
+            self.dropped_samples += dropped
+            data, start = data[dropped:], start + dropped
+            if not data:
+                return b""
+        if start < self.samples:
+            # Behind what is written (silence the lag fill put in its place, or a PTS set back for good):
+            # the sound goes on where it is, and the lag it came with is allowed from here on.
+            self._shift += self.samples - start
+            self.rebases += 1
+            lateness = (self._video_at or 0) - self._ticks(self.samples)
+            wanted = lateness + round(LAG_MARGIN_S * CLOCK_HZ)
+            self._lag_ticks = min(self._max_lag_ticks, max(self._lag_ticks, wanted))
+        return data
 
     def _unwrap(self, pts: int) -> int:
         """`pts` on a line that does not wrap at 2**33 (26.5 hours), nearest to the last one seen."""
@@ -172,17 +258,71 @@ class AudioTimeline:
             return b""
         if self._silence_from is None:
             self._silence_from = self.samples
-        self.samples += count
+        self._found_from = None
+        written = 0
+        while written < count:  # window by window: each is judged as it ends
+            room = self._window_from + self._window_samples - self.samples
+            piece = min(room, count - written)
+            if self._window_first_fill is None:
+                self._window_first_fill = self.samples
+            self.samples += piece
+            self._window_filled += piece
+            written += piece
+            if self._lost_from is not None:
+                self._lost_filled += piece
+            if self._lost_from is None and self.samples - self._silence_from >= self._report_samples:
+                self._open(self._silence_from)
+            if self.samples >= self._window_from + self._window_samples:
+                self._window_end()
         self.filled_samples += count
         return bytes([self._silence]) * count
 
-    def _real(self, *, ongoing: bool = False) -> None:
-        """Real sound follows (or the run ended): the silence run before it is over."""
-        began, self._silence_from = self._silence_from, None
-        if began is None or self.samples - began < self._report_samples:
+    def _real(self, count: int) -> None:
+        """`count` samples of real sound are written at the end."""
+        self._silence_from = None
+        if self._lost_from is not None and self._found_from is None:
+            self._found_from = self.samples
+        left = count
+        while left:
+            room = self._window_from + self._window_samples - self.samples
+            piece = min(room, left)
+            self.samples += piece
+            left -= piece
+            if self.samples >= self._window_from + self._window_samples:
+                self._window_end()
+        self._real_end = self.samples
+        if self._found_from is not None and self.samples - self._found_from >= self._recover_samples:
+            self._close(self._found_from)
+
+    def _window_end(self) -> None:
+        """The current window is over (or the run): more than half of it silence is lost sound."""
+        if self.samples <= self._window_from:
             return
-        self.gaps.append(AudioGap(self._station_ns(began), self._station_ns(self.samples),
-                                  round((self.samples - began) / SAMPLE_RATE_HZ, 3), ongoing))
+        length = self.samples - self._window_from
+        if (self._lost_from is None and self._window_first_fill is not None
+                and length >= self._window_samples and self._window_filled * 2 > length):
+            self._open(max(self._window_first_fill, self._closed_at))
+            self._lost_filled = self._window_filled
+        self._window_from = self.samples
+        self._window_filled = 0
+        self._window_first_fill = None
+
+    def _open(self, sample: int) -> None:
+        self._lost_from = sample
+        self._lost_filled = self.samples - sample if self._silence_from == sample else 0
+        self._found_from = None
+        self._events.append(AudioGapOpened(self._station_ns(sample)))
+
+    def _close(self, sample: int, *, ongoing: bool = False) -> None:
+        began, self._lost_from = self._lost_from, None
+        self._found_from = None
+        self._closed_at = sample
+        assert began is not None
+        seconds = round((sample - began) / SAMPLE_RATE_HZ, 3)
+        silence_s = round(min(self._lost_filled, sample - began) / SAMPLE_RATE_HZ, 3)
+        self._lost_filled = 0
+        self._events.append(AudioGap(self._station_ns(began), self._station_ns(sample), seconds, ongoing,
+                                     None if silence_s == seconds else silence_s))
 
     def _station_ns(self, sample: int) -> int:
         """Station time of a sample: by the latest video frame's arrival and its PTS."""

@@ -6,7 +6,12 @@ stream goes on to the run's ffmpeg over one pipe (``-f mpeg``), every audio PES 
 G.711 (PSM stream type 0x90 A-law, 0x91 µ-law) goes as raw samples, aligned with the video by
 :class:`edge.rooms.gb_audio.AudioTimeline`, over a second pipe (``-f alaw|mulaw -ar 8000 -ac 1``). One
 reader for both, so both begin at the same key frame: the first video PTS is sample 0 of the sound, and
-ffmpeg's time 0 of both inputs is the same instant (no -itsoffset to guess).
+ffmpeg's time 0 of both inputs is the same instant (no -itsoffset to guess). Only the audio stream the PSM
+lists first is the camera's sound: audio PES of any other stream id (one the PSM does not list) are
+counted (`unlisted_audio_pes`) and dropped, never written as the camera's sound. The timeline's gaps
+(opened as soon as the sound is lost, closed when it is back) go to `on_audio_gap` as they come; at the
+run's end (the channel's end, the feed's own end, or the pump cancelled: ffmpeg's exit, the session's
+stop) :meth:`GbRunFeed.finish_audio` closes one still open.
 
 Before the run's ffmpeg is started, :meth:`GbRunFeed.prepare` reads up to the key frame's PSM (at most
 PSM_WAIT_S, PSM_WAIT_BYTES): the PSM says whether there is sound and which. A camera without audio in
@@ -38,7 +43,7 @@ from typing import Protocol
 from drivers.gb28181.ps import Codec
 from drivers.gb28181.ps_audio import PsAudioSplitter, SplitOutput
 from edge.config.rooms import RoomInputConfig
-from edge.rooms.gb_audio import FFMPEG_FORMATS, SAMPLE_RATE_HZ, AudioGap, AudioTimeline
+from edge.rooms.gb_audio import FFMPEG_FORMATS, SAMPLE_RATE_HZ, AudioGapEvent, AudioTimeline
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +172,7 @@ class GbRunFeed:
     ffmpeg, `pump()` as a task while it runs, `close()` after it."""
 
     def __init__(self, reader: FeedReader, *, what: str,
-                 on_audio_gap: Callable[[AudioGap], None] = lambda gap: None) -> None:
+                 on_audio_gap: Callable[[AudioGapEvent], None] = lambda gap: None) -> None:
         self._reader = reader
         self.what = what
         self._on_audio_gap = on_audio_gap
@@ -176,6 +181,9 @@ class GbRunFeed:
         self.audio_codec: Codec | None = None  # the sound recorded (G.711), None: video only
         self.unsupported_audio: Codec | None = None  # sound the PSM lists that is not recorded
         self.timeline: AudioTimeline | None = None
+        self._audio_stream_id: int | None = None  # the PSM's audio stream: the only one recorded
+        self._audio_finished = False
+        self.unlisted_audio_pes = 0  # audio PES on a stream the PSM does not list as its sound: dropped
         self._video: _PipeWriter | None = None
         self._audio: _PipeWriter | None = None
         self._ffmpeg_ends: list[int] = []
@@ -215,6 +223,7 @@ class GbRunFeed:
         if codec in FFMPEG_FORMATS:
             self.audio_codec = codec
             self.timeline = AudioTimeline(codec)
+            self._audio_stream_id = self._splitter.audio_stream_id()
         elif codec is not None:
             self.unsupported_audio = codec
         self._open_pipes()
@@ -247,9 +256,7 @@ class GbRunFeed:
                 self._take(self._splitter.feed(chunk))
             if self.end_reason is None:
                 self._take(self._splitter.flush())
-                if self.timeline is not None and self._audio is not None:
-                    self._audio.write(self.timeline.finish())
-                    self._report_gaps()
+                self.finish_audio()
                 if self._reader.cut_off:
                     self.end_reason = (f"the room's ffmpeg fell behind the live stream and was "
                                        f"{self._reader.ended}")
@@ -259,22 +266,38 @@ class GbRunFeed:
                         if self._audio is not None:
                             await self._audio.below(0)
         finally:
+            # Cancelled (the run's end, the session's stop) or ended by the feed itself: the sound's gap
+            # still open is closed and reported all the same (the run's end is its end).
+            self.finish_audio()
             self._close_writers()
+
+    def finish_audio(self) -> None:
+        """The sound is over for this run: filled up to the end of the last picture, and a gap still open
+        closed and reported. Once; nothing more is taken from the channel's sound after it."""
+        if self._audio_finished or self.timeline is None:
+            return
+        self._audio_finished = True
+        tail = self.timeline.finish()
+        if self._audio is not None:
+            self._audio.write(tail)
+        self._report_gaps()
 
     def _take(self, out: SplitOutput) -> None:
         assert self._video is not None
         self._video.write(out.video)
         self.video_bytes += len(out.video)
         timeline, audio = self.timeline, self._audio
-        if timeline is None or audio is None:
+        if timeline is None or audio is None or self._audio_finished:
             return
         now = time.time_ns()
         pieces = []
         for item in out.media:  # in stream order: a frame's sound before the next picture moves the lag on
             if isinstance(item, int):
                 pieces.append(timeline.video(item, now))
-            elif item.codec is timeline.codec or item.codec is Codec.UNKNOWN:
+            elif item.stream_id == self._audio_stream_id and item.codec is timeline.codec:
                 pieces.append(timeline.audio(item.pts, item.data))
+            else:  # a stream the PSM does not list (or no longer as this sound): never recorded as it
+                self.unlisted_audio_pes += 1
         audio.write(b"".join(pieces))
         self._report_gaps()
         if audio.buffered > AUDIO_QUEUE_BYTES and self.end_reason is None:
@@ -286,7 +309,7 @@ class GbRunFeed:
     def _report_gaps(self) -> None:
         if self.timeline is None:
             return
-        for gap in self.timeline.take_gaps():
+        for gap in self.timeline.take_events():
             try:
                 self._on_audio_gap(gap)
             except Exception:  # the record of a gap must not end the feed
@@ -306,6 +329,10 @@ class GbRunFeed:
             "audio_filled_s": (None if timeline is None
                                else round(timeline.filled_samples / SAMPLE_RATE_HZ, 3)),
             "audio_jumps": None if timeline is None else timeline.jumps,
+            "audio_rebases": None if timeline is None else timeline.rebases,
+            "audio_shift_s": None if timeline is None else round(timeline.shift_s(), 3),
+            "audio_lost": None if timeline is None else timeline.lost,
+            "unlisted_audio_pes": self.unlisted_audio_pes,
             "damaged_audio_pes": self._splitter.damaged_audio,
         }
 

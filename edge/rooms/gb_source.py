@@ -7,8 +7,11 @@ shared by every holder), and each ffmpeg run of the source starts once media flo
 channel and writes its video (``-f mpeg``, stream-copied) and the camera's G.711 sound (raw, ``-f
 alaw|mulaw``, aligned with the video and encoded to AAC in the segments) to two pipes only that ffmpeg
 has. A camera without audio in its PSM records video only. A hole in the sound is filled with silence of
-its length and, from 0.2 s on, is a gap of its own (``reason`` ``audio-lost: ...``, ``audio`` ``lost``:
-the picture went on, the sound is silence there), unless a gap is open already.
+its length; sound lost (0.2 s of silence on end, or a second of sound more than half silence) is a gap of
+its own (``reason`` ``audio-lost: ...``, ``audio`` ``lost``: the picture went on, the sound is silence
+there), opened as soon as it is found (the lamp blinks) and closed when the sound is back, or at the run's
+end or the session's stop (``silence_s``), unless a gap is open already (one found meanwhile opens at the
+next segment if it still lasts).
 
 Gaps. The room's ``gap`` entries (with ``room_session``) are the authoritative record of what a session
 lacks: the session manifest lists them. The live layer writes its own ``gap`` entries (``source``
@@ -37,7 +40,7 @@ from datetime import UTC, datetime
 
 from edge.config.rooms import RoomGbChannelConfig
 from edge.gb28181.live import LiveError, LiveEvent, LiveHandle, LiveStreams
-from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_audio import AudioGapEvent
 from edge.rooms.gb_feed import GbFeedEnded, GbRunFeed
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ class GbRoomChannel:
     def __repr__(self) -> str:
         return f"GbRoomChannel({self.config.device_id}/{self.config.channel_id})"
 
-    async def ready(self, on_audio_gap: Callable[[AudioGap], None]) -> GbRunFeed:
+    async def ready(self, on_audio_gap: Callable[[AudioGapEvent], None]) -> GbRunFeed:
         """The run's feed, once media flows (the channel is opened first if it is not held), prepared (its
         first key frame's stream map read: video only, or video and sound): waits while the channel is
         interrupted. `GbSourceUnavailable` when it cannot be held or stopped meanwhile. The caller closes

@@ -105,7 +105,7 @@ from edge.rooms.capture import (
 from edge.rooms.composite import OVERLAY_DIR, CompositeOutput, RunPipes
 from edge.rooms.devices import device_metadata
 from edge.rooms.feed_relay import FeedDrop
-from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_audio import AudioGap, AudioGapEvent, AudioGapOpened
 from edge.rooms.gb_feed import GbRunFeed
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.progress import Progress
@@ -113,6 +113,7 @@ from edge.rooms.reserve import RESERVE_REASON, RecordingReserve
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
+from edge.rooms.space import ROOMS_GROUP, rooms_kept_free
 from edge.rooms.state import SessionFiles
 from edge.rooms.write_rate import MBIT, WriteMeter
 from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
@@ -156,6 +157,8 @@ class GapOpened:
 class GapClosed:
     to_ns: int
     to_stop: bool = False
+    reason: str | None = None  # what the closed entry says, if it knows more than the open one did
+    detail: tuple[tuple[str, Any], ...] = ()  # more keys of the closed entry (a lost sound's silence_s)
 
 
 class FinalSweep:
@@ -208,6 +211,12 @@ class SourceRecording:
     meter: WriteMeter | None = None
     gb_feed: GbRunFeed | None = None  # a GB/T 28181 channel: its current (or last) run's feed
     audio_noted: bool = False  # its sound not recorded (not G.711) is on the ledger for this session
+    # A GB/T 28181 camera's sound lost while its picture goes on (edge.rooms.gb_audio): the gap open for
+    # it (its start), or one found before the source's first segment, opened once that is listed.
+    audio_gap_from_ns: int | None = None
+    audio_gap_reason: str | None = None
+    audio_gap_pending: AudioGapOpened | None = None
+    audio_gap_last_reason: str | None = None  # a live stall or loss within it (not a gap of its own)
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -215,16 +224,19 @@ class SourceRecording:
             "source": self.config.id,
             "name": self.config.name,
             "derived": self.derived is not None,
-            "recording": self.gap_from_ns is None and self.pid is not None,
+            "recording": self.gap_from_ns is None and self.audio_gap_from_ns is None and self.pid is not None,
             "runs": self.runs,
             "coding": None if self.coding is None else {"video": self.coding[0], "audio": self.coding[1]},
             "segments_sealed": len(self.sealed),
             "segments_failed": self.failed,
             "last_segment_end_utc": None if self.last_end_ns is None else iso_from_ns(self.last_end_ns),
-            "gap": None if self.gap_from_ns is None else {
+            "gap": {
                 "from_utc": iso_from_ns(self.gap_from_ns), "reason": self.gap_reason,
                 "attempts": self.gap_attempts,
-            },
+            } if self.gap_from_ns is not None else {
+                "from_utc": iso_from_ns(self.audio_gap_from_ns), "reason": self.audio_gap_reason,
+                "attempts": 0,
+            } if self.audio_gap_from_ns is not None else None,
             # What it writes now, by the station's clock (edge.rooms.write_rate), and its ceiling.
             "write_mbit_s": None if self.meter is None else round(self.meter.recent_bytes_per_s() / MBIT, 2),
             "max_bitrate_mbps": self.config.max_bitrate_mbps,
@@ -310,7 +322,20 @@ class SessionRecording:
     # -- the run ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Record until stopped; return once every segment handed over is sealed and the gaps closed."""
+        """Record until stopped; return once every segment handed over is sealed and the gaps closed.
+
+        Meanwhile the room holds its space on the store's disk (edge.rooms.space.rooms_kept_free): a docking
+        copy or a GB/T 28181 download keeps it free, or waits (edge.ingest.kept_space)."""
+        rule = functools.partial(rooms_kept_free, start_min_free_bytes=self.settings.start_min_free_bytes,
+                                 record_margin_bytes=self.settings.record_margin_bytes)
+        try:
+            with self.pipeline.kept_space.holding(ROOMS_GROUP, self.session.room, rule):
+                await self._record_holding_space()
+        finally:
+            if self.reserve is not None:
+                self.reserve.release(self.session.room)  # the page no longer names its stopped sources
+
+    async def _record_holding_space(self) -> None:
         self._run_began_ns = time.time_ns()
         if self._resumed is not None:
             await self._queue_resumed_work(self._resumed)
@@ -371,6 +396,8 @@ class SessionRecording:
             now = time.time_ns()
             self._stopped_ns = now
             for source in self.sources.values():
+                # Its run's end closed it, normally.
+                self._audio_gap_ends(source, now, to_stop=self._ending_reason is None)
                 if self._ending_reason is not None:
                     if source.gap_from_ns is None:
                         source.queue.put_nowait(GapOpened(source.last_end_ns or now, self._ending_reason))
@@ -526,7 +553,8 @@ class SessionRecording:
 
         def closed(segment: ClosedSegment) -> None:
             nonlocal open_since, sound_without_picture
-            if segment.stalled_from_ns is not None and source.gap_from_ns is None:
+            if segment.stalled_from_ns is not None and source.gap_from_ns is None \
+                    and source.audio_gap_from_ns is None:
                 self._stalled(source, segment,
                               picture_lost=picture_lost_after_ns is not None or sound_without_picture)
             if segment.partial is None:
@@ -546,6 +574,8 @@ class SessionRecording:
                     source.gap_reason = None
             source.last_end_ns = max(segment.times_ns()[1], source.last_end_ns or 0)
             source.queue.put_nowait(segment)
+            if segment.partial is None and source.audio_gap_pending is not None:
+                self._audio_gap_pending_opens(source, segment.times_ns()[0])
 
         def started(pid: int) -> None:
             source.pid = pid
@@ -615,6 +645,11 @@ class SessionRecording:
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
+        # The run ends: its sound's gap ends with it, on the record before the run's own gap opens.
+        if source.gb_feed is not None and (source.audio_gap_from_ns is not None
+                                           or source.audio_gap_pending is not None):
+            source.gb_feed.finish_audio()
+        self._audio_gap_ends(source, time.time_ns())
         if self.composite is not None and source.config.id == self.composite.config.id:
             # A feed drop going on as the composite's run ends is on the record before the composite's own
             # gap (which would take it in: _feed_dropped) - the relays would report it only at the next
@@ -679,17 +714,74 @@ class SessionRecording:
         if feed.end_reason is not None and source.live_interruption is None and source.gap_from_ns is None:
             source.live_interruption = (feed.end_reason, (("live", "feed"),))
 
-    def _audio_gap(self, source: SourceRecording, gap: AudioGap) -> None:
-        """The camera's sound was missing (filled with silence of its length): a gap of its own, unless a
-        gap is open (the run's end is one already)."""
+    def _audio_gap(self, source: SourceRecording, event: AudioGapEvent) -> None:
+        """The camera's sound is lost while its picture goes on (filled with silence: edge.rooms.gb_audio):
+        a gap of its own, open while it lasts (the lamp blinks), closed when the sound is back or the run
+        ends (with the silence put in it), unless another gap is open (the run's end is one already). One
+        found before the source's first segment opens once that is listed (a late start's gap first)."""
+        if isinstance(event, AudioGapOpened):
+            if source.audio_gap_from_ns is not None:
+                return
+            if source.gap_from_ns is not None or source.live_interruption is not None \
+                    or source.last_end_ns is None:
+                source.audio_gap_pending = event  # opened at the next segment, if it still lasts then
+                return
+            self._audio_gap_opens(source, event.from_ns)
+            return
+        source.audio_gap_pending = None
+        reason, detail = self._audio_lost(event)
+        if source.audio_gap_from_ns is not None:
+            to_stop = event.ongoing_at_end and self._session_stopped()
+            last = source.audio_gap_last_reason
+            source.queue.put_nowait(GapClosed(max(event.to_ns, source.audio_gap_from_ns), to_stop, reason,
+                                              detail + ((("last_reason", last),) if last else ())))
+            source.audio_gap_from_ns = source.audio_gap_reason = source.audio_gap_last_reason = None
+            return
         if source.gap_from_ns is not None or source.live_interruption is not None:
             return
-        until = " until the run ended" if gap.ongoing_at_end else ""
+        source.queue.put_nowait(GapOpened(event.from_ns, reason, detail))  # never opened: on the record now
+        source.queue.put_nowait(GapClosed(max(event.to_ns, event.from_ns)))
+
+    def _audio_gap_opens(self, source: SourceRecording, from_ns: int) -> None:
+        reason = (f"{AUDIO_LOST_REASON}: the camera's sound is missing while its picture goes on; the "
+                  "recording holds silence in its place")
+        source.audio_gap_from_ns, source.audio_gap_reason = from_ns, reason
+        source.queue.put_nowait(GapOpened(from_ns, reason, (("audio", "lost"),)))
+
+    def _audio_gap_pending_opens(self, source: SourceRecording, segment_start_ns: int) -> None:
+        """A segment is listed with no gap open: a loss of the sound found while one was (or before the
+        first segment) and still going on is a gap now, from no earlier than that segment's start."""
+        pending, source.audio_gap_pending = source.audio_gap_pending, None
+        if pending is not None and source.gap_from_ns is None and source.audio_gap_from_ns is None \
+                and source.live_interruption is None:
+            self._audio_gap_opens(source, max(pending.from_ns, segment_start_ns))
+
+    def _audio_lost(self, gap: AudioGap) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """A closed audio gap's reason and the keys of its entry."""
+        until = (" until the session stopped" if gap.ongoing_at_end and self._session_stopped() else
+                 " until the run ended" if gap.ongoing_at_end else "")
+        held = ("silence of that length" if gap.silence_s is None else
+                f"{gap.filled_s:.1f} s of silence (its sound came in short pieces only)")
         reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing for {gap.seconds:.1f} s{until} while "
-                  "its picture went on; the recording holds silence of that length there")
-        detail = (("audio", "lost"), ("silence_s", gap.seconds))
-        source.queue.put_nowait(GapOpened(gap.from_ns, reason, detail))
-        source.queue.put_nowait(GapClosed(max(gap.to_ns, gap.from_ns)))
+                  f"its picture went on; the recording holds {held} there")
+        return reason, (("audio", "lost"), ("silence_s", gap.filled_s))
+
+    def _session_stopped(self) -> bool:
+        """The session is stopping (not interrupted by the agent's stop: it resumes at the next start)."""
+        return self._stop.is_set() and self._ending_reason is None
+
+    def _audio_gap_ends(self, source: SourceRecording, now_ns: int, *, to_stop: bool = False) -> None:
+        """An audio gap still open when its run ended without its feed closing it: closed now."""
+        source.audio_gap_pending = None
+        if source.audio_gap_from_ns is None:
+            return
+        from_ns, source.audio_gap_from_ns = source.audio_gap_from_ns, None
+        until = "the session stopped" if to_stop else "the run ended"
+        reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing from {iso_from_ns(from_ns)} until "
+                  f"{until} while its picture went on; the recording holds silence there")
+        source.queue.put_nowait(GapClosed(max(now_ns, from_ns), to_stop, reason,
+                                          (("silence_s", round(max(0, now_ns - from_ns) / 1e9, 3)),)))
+        source.audio_gap_reason = source.audio_gap_last_reason = None
 
     async def _audio_not_recorded(self, source: SourceRecording, codec: str) -> None:
         """The camera's PSM lists sound the room cannot record (not G.711): said once per session."""
@@ -747,6 +839,9 @@ class SessionRecording:
         if source.gap_from_ns is not None or source.live_interruption is not None:
             if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
                 source.gap_reason = reason
+            return
+        if source.audio_gap_from_ns is not None:  # within the sound's gap: said when it closes
+            source.audio_gap_last_reason = reason
             return
         now = time.time_ns()
         from_ns = (ns_from_wall_text(live.began_at) if live else None) or now
@@ -844,9 +939,10 @@ class SessionRecording:
                                               **dict(work.detail))
                 elif gap is not None:
                     attempts = source.runs - attempts_at_open
-                    await self._gap_entry(source, "closed", gap.from_ns, work.to_ns, gap.reason or "",
-                                          attempts=attempts, to_stop=work.to_stop,
-                                          last_reason=source.gap_reason, **dict(gap.detail))
+                    extra = {"last_reason": source.gap_reason, **dict(gap.detail), **dict(work.detail)}
+                    await self._gap_entry(source, "closed", gap.from_ns, work.to_ns,
+                                          work.reason or gap.reason or "", attempts=attempts,
+                                          to_stop=work.to_stop, **extra)
                     gap = None
             except Exception:  # one bad segment or entry must not end the sealing of the rest
                 log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)

@@ -19,6 +19,16 @@ the reserve plus ``RESUME_SHARE`` of the margin (any other source does not start
 its sound and picture are lost, never a segment already written. The operator sees the gap on the page and
 the lamp blinking; the space_warning entries before it (`low`, `critical`) came from :mod:`edge.rooms.space`,
 counted to the same threshold.
+
+The held sources (`status()["held"]`: the room page's banner, `edge room status`) and the free space shown
+are read afresh at every look while anything writes or is held, so they are forgotten once space is freed
+even with nothing writing (the session stopped); a session's end forgets its room's (:meth:`release`).
+
+Free space that cannot be read (statvfs failing) fails safe without making gaps: a look that cannot read it
+stops no source (one failed call must not cut a running recording), a source the reserve stopped stays
+stopped (unknown is not "freed"), and a session's start, which reads the free space itself, is refused.
+The failure is logged once, then at most once a minute while it lasts (``UNREADABLE_LOG_EVERY_S``), and
+once when it is over; its first look writes an ``error`` entry (stage ``room``).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +53,8 @@ RESERVE_REASON = "disk-reserve"
 # A stopped source starts again once the free space is this share of the margin above the reserve.
 RESUME_SHARE = 1.5
 MIB = 1 << 20
+# While the free space cannot be read, the log says so again at most this often.
+UNREADABLE_LOG_EVERY_S = 60.0
 
 
 @dataclass(eq=False)
@@ -73,6 +86,7 @@ class RecordingReserve:
         check_s: float,
         record: Callable[[str, dict[str, Any]], Awaitable[object]],
         read_free: Callable[[Path], int] = free_bytes,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
         self.reserve_bytes = reserve_bytes
@@ -84,6 +98,11 @@ class RecordingReserve:
         self._held: set[tuple[str, str]] = set()  # (room, source) stopped, until space is freed
         self.stopped = 0  # writers stopped so far (status)
         self.last_free: int | None = None
+        self._clock = clock
+        # Since when the free space cannot be read (None: it can), failed looks since, and the last log.
+        self._unreadable_since: float | None = None
+        self._unreadable_looks = 0
+        self._unreadable_logged = 0.0
 
     @property
     def threshold_bytes(self) -> int:
@@ -108,13 +127,19 @@ class RecordingReserve:
         try:
             free = self._read_free(self.path)
         except OSError:
-            return True, None
+            # Unknown: a source the reserve stopped waits on (not "freed"); any other records (a failed
+            # call is no reason for a gap). check() logs the failure.
+            return (room, source) not in self._held, None
         if (room, source) in self._held:
             if free < self.reserve_bytes + int(self.margin_bytes * RESUME_SHARE):
                 return False, free
             self._held.discard((room, source))
             return True, free
         return free >= self.reserve_bytes + self.margin_bytes // 2, free
+
+    def release(self, room: str) -> None:
+        """`room`'s session ended: none of its sources is held any more (the page stops naming them)."""
+        self._held = {held for held in self._held if held[0] != room}
 
     def status(self) -> dict[str, Any]:
         return {"reserve_bytes": self.reserve_bytes, "margin_bytes": self.margin_bytes,
@@ -127,18 +152,17 @@ class RecordingReserve:
             await asyncio.sleep(self.check_s)
 
     async def check(self) -> Writer | None:
-        """One look (none while nothing writes): the writer stopped now, if any."""
-        if not self._writers:
+        """One look (none while nothing writes or is held): the writer stopped now, if any."""
+        if not self._writers and not self._held:
+            self.last_free = None  # nothing to show a figure for: none goes stale
             return None
-        try:
-            free = await asyncio.to_thread(self._read_free, self.path)
-        except OSError as exc:
-            log.error("rooms: the store's free space cannot be read: %s", exc)
-            return None
+        free = await self._read()
         self.last_free = free
+        if free is None:
+            return None  # unknown stops no source: see the module's note
         if free >= self.reserve_bytes + int(self.margin_bytes * RESUME_SHARE):
-            self._held.clear()  # space was freed: what was stopped may start again
-        if free >= self.threshold_bytes:
+            self._held.clear()  # space was freed (also with nothing writing): the stopped may start again
+        if not self._writers or free >= self.threshold_bytes:
             return None
         candidates = [w for w in self._writers if w.stop_reason is None]
         hard = free < self.reserve_bytes + self.margin_bytes // 2
@@ -163,3 +187,29 @@ class RecordingReserve:
             "level": "reserve", "rooms": sorted({w.room for w in self._writers}),
             "stopped": {"room": largest.room, "source": largest.source}, **largest.details})
         return largest
+
+    async def _read(self) -> int | None:
+        """The store's free bytes, or None when they cannot be read (logged: the first failure, then at
+        most every UNREADABLE_LOG_EVERY_S, and the recovery; the first is an `error` entry too)."""
+        try:
+            free = await asyncio.to_thread(self._read_free, self.path)
+        except OSError as exc:
+            now = self._clock()
+            self._unreadable_looks += 1
+            if self._unreadable_since is None:
+                self._unreadable_since = self._unreadable_logged = now
+                reason = (f"the store's free space cannot be read ({exc.strerror or exc}): no source is "
+                          "stopped for it, a stopped one stays stopped and no session starts until it can be "
+                          "read")
+                log.error("rooms: %s", reason)
+                await self._record(EntryType.ERROR, {"stage": "room", "reason": reason})
+            elif now - self._unreadable_logged >= UNREADABLE_LOG_EVERY_S:
+                self._unreadable_logged = now
+                log.error("rooms: the store's free space still cannot be read (%s), for %.0f s and %d looks",
+                          exc.strerror or exc, now - self._unreadable_since, self._unreadable_looks)
+            return None
+        if self._unreadable_since is not None:
+            log.warning("rooms: the store's free space can be read again (%d looks failed over %.0f s)",
+                        self._unreadable_looks, self._clock() - self._unreadable_since)
+            self._unreadable_since, self._unreadable_looks = None, 0
+        return free

@@ -215,7 +215,7 @@ class SegmentSealer:
             await self._error(where, f"segment file unusable: {exc.strerror or exc}")
             return None
         progress = IngestProgress()
-        run = await self.pipeline.ingest(self.segments, [offered], progress=progress)
+        run = await self.pipeline.ingest(self.segments, [offered], progress=progress, can_wait=False)
         work = run.items[0]
         if work.item not in run.sealed:
             why = "; ".join(progress.errors[-3:]) or run.outcome.value
@@ -385,6 +385,6 @@ async def seal_session_file(
         open=file_opener(path, info, what, verification=False),
         reopen=file_opener(path, info, what, verification=True),
     )
-    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered])
+    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered], can_wait=False)
     item = run.items[0].item
     return item if item in run.sealed else None

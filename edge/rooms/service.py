@@ -30,7 +30,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
 from edge.gb28181.live import LiveStreams
+from edge.ingest.kept_space import KeptFree
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms import export as export_module
@@ -80,7 +81,7 @@ from edge.rooms.session import (
     check_text,
     new_session,
 )
-from edge.rooms.space import SpaceWatch
+from edge.rooms.space import SpaceWatch, rooms_kept_free
 from edge.rooms.state import ROOMS_DIR, SessionFiles
 
 log = logging.getLogger(__name__)
@@ -505,7 +506,11 @@ class RoomService:
                     f"(case {current.case_number}, started {current.started_utc}): stop it first",
                     409,
                 )
-            free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            try:
+                free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            except OSError as exc:  # unknown is not enough (edge.rooms.reserve: failing safe)
+                await self._refuse("start", room, by, f"the store's free space cannot be read "
+                                   f"({exc.strerror or exc}): no session starts until it can be", 507)
             # The rooms recording already record into the same free space, each on the expected length it
             # was started with: a start keeps theirs too, one start_min_free_bytes a room (review 28).
             recording = sorted(self.active)
@@ -515,8 +520,10 @@ class RoomService:
             exporting = list(export_module._RUNNING.values())
             # The recording margin above the reserve too: under it the recording reserve stops sources
             # (edge.rooms.reserve), so a start there would begin with a gap (review 29).
-            needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
-                      + self.reserve.threshold_bytes + sum(exporting))
+            # One rule with exports and docking copies: the margin and a start's worth for each room, this
+            # one counted as recording already (edge.rooms.space.rooms_kept_free).
+            needed = (self.pipeline.settings.min_free_bytes + self._rooms_kept_free([*recording, room]).bytes
+                      + sum(exporting))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
                 if exporting:
@@ -809,14 +816,11 @@ class RoomService:
         # its segments are never dropped); an export staging its copy and image there would leave the
         # session to run into the reserve, its segments refused by the pipeline (review 28). So while rooms
         # record, an export keeps their room too: one start's worth for each (as the start counts them).
-        reserve = self.pipeline.settings.min_free_bytes
-        reserve_what = "the store's reserve"
-        if recording := sorted(self.active):
-            # ... and the recording margin, under which the recording reserve stops their sources.
-            reserve += self.settings.start_min_free_bytes * len(recording) + self.settings.record_margin_bytes
-            reserve_what = (f"the store's reserve, the [rooms] record_margin_bytes and the "
-                            f"start_min_free_bytes kept for each room recording ({len(recording)}: "
-                            f"{', '.join(recording)})")
+        # ... and the recording margin, under which the recording reserve stops their sources: the rule a
+        # docking copy and a GB/T 28181 download keep too (edge.rooms.space.rooms_kept_free).
+        kept = self._rooms_kept_free(sorted(self.active))
+        reserve = self.pipeline.settings.min_free_bytes + kept.bytes
+        reserve_what = f"the store's reserve and {kept.what}" if kept.members else "the store's reserve"
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
@@ -878,6 +882,10 @@ class RoomService:
         return self._recordings.get(room)
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _rooms_kept_free(self, recording: Sequence[str]) -> KeptFree:
+        return rooms_kept_free(recording, start_min_free_bytes=self.settings.start_min_free_bytes,
+                               record_margin_bytes=self.settings.record_margin_bytes)
 
     def _lock(self, room: str) -> asyncio.Lock:
         # Room ids from requests are untrusted: locks only for configured rooms, one shared for the rest.

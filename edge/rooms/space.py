@@ -33,11 +33,30 @@ from typing import Any
 
 from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
+from edge.ingest.kept_space import KeptFree
 
 log = logging.getLogger(__name__)
 
 # A level is left only when the time left is this much above its threshold again.
 _HYSTERESIS = 1.25
+# The group the rooms hold space under (edge.ingest.kept_space).
+ROOMS_GROUP = "rooms"
+
+
+def rooms_kept_free(
+    recording: Sequence[str], *, start_min_free_bytes: int, record_margin_bytes: int
+) -> KeptFree:
+    """What anything else writing to the store's disk while `recording` rooms record keeps free beyond the
+    store's reserve: the recording margin (under it edge.rooms.reserve stops their sources) and one start's
+    worth ([rooms] start_min_free_bytes, the expected length a session was started on) for each room. The
+    one rule of an export, a docking copy and a GB/T 28181 download (issue 11, reviews 28 and 29)."""
+    if not recording:
+        return KeptFree(0, "no room recording", ROOMS_GROUP, ())
+    return KeptFree(
+        record_margin_bytes + start_min_free_bytes * len(recording),
+        f"the rooms recording ({len(recording)}: {', '.join(recording)}): [rooms] record_margin_bytes and "
+        "the start_min_free_bytes kept for each",
+        ROOMS_GROUP, tuple(recording))
 
 
 class SpaceLevel(StrEnum):

@@ -62,6 +62,7 @@ INSTRUCTIONS = [
     ("not_allowed", "请将执法记录仪交给管理员", "Hand the recorder to the administrator"),
     ("wrong_password", "交给管理员", "Hand the recorder to the administrator"),
     ("disk_full", "通知管理员", "tell the administrator"),
+    ("rooms_recording", "录制结束后请重新插入", "Dock it again once they stop"),
     ("pulled_early", "请将执法记录仪放回原位", "Put the recorder back in its bay"),
     ("files_failed", "其余文件已安全保存", "The rest are safe"),
     ("no_password", "交给管理员", "Hand the recorder to the administrator"),
@@ -74,6 +75,7 @@ HEADINGS = {
     "not_allowed": ("未登记的记录仪", "Recorder not registered"),
     "wrong_password": ("密码错误", "Wrong password"),
     "disk_full": ("采集站存储已满", "Station storage full"),
+    "rooms_recording": ("存储空间留给正在录制的讯问室", "Space kept for the rooms recording"),
     "pulled_early": ("拔出过早", "Removed too early"),
     "files_failed": ("部分文件失败", "Some files failed"),
 }

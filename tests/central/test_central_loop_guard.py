@@ -20,6 +20,7 @@ import inspect
 from pathlib import Path
 
 from edge.central import storage
+from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.registration import UploadSource
 from edge.central.tus_contract import TusStore
 
@@ -42,7 +43,7 @@ def _methods(*protocols: type) -> set[str]:
 # The blocking methods: the stores' protocols, the Merkle log's reads and writes, the authenticator's
 # look-ups and the registrar's blocking helpers. Coroutine methods (run_reads, run_writes) are not.
 BLOCKING = _methods(storage.Index, storage.ConsoleStore, storage.SessionRows, storage.LogStore,
-                    storage.EquipmentRows, storage.UnitOfWork, UploadSource, TusStore) | {
+                    storage.EquipmentRows, storage.UnitOfWork, UploadSource, TusStore, MqttIngestStore) | {
     "tree_head", "size", "consistency_proof", "inclusion_proof", "leaf", "append",
     "station", "reader", "station_or_reader", "enrolled_station",
     "reject", "receipt_for", "witnessed_head", "create", "get", "end",
@@ -101,9 +102,37 @@ def store_reaching_helpers(tree: ast.Module) -> set[str]:
     return reaching
 
 
-def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
+def _referenced_helper(node: ast.expr) -> str | None:
+    """The name of the module's own function (``name``) or method (``self.name``) referred to, not called."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id in ("self", "cls"):
+        return node.attr
+    return None
+
+
+def store_reaching_callbacks(tree: ast.Module, where: str) -> list[str]:
+    """Plain functions or methods that reach a store, handed as an ``on_*`` callback (``on_damaged=``,
+    ``on_expired=``...): the component they are handed to calls them on the loop (review 13, rev13c: the
+    receive queue's damaged-row report appended and fsync'd the MQTT store's incident on the loop). A
+    callback that writes is a coroutine handing its write to a thread."""
+    helpers = store_reaching_helpers(tree)
     found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        for keyword in node.keywords:
+            if keyword.arg is None or not keyword.arg.startswith("on_"):
+                continue
+            if (helper := _referenced_helper(keyword.value)) in helpers:
+                found.append(f"{where}:{keyword.value.lineno} {keyword.arg}={helper} reaches a store")
+    return found
+
+
+def blocking_calls_in_coroutines(source: str, where: str) -> list[str]:
     tree = ast.parse(source)
+    found = store_reaching_callbacks(tree, where)
     helpers = store_reaching_helpers(tree)
     for function in ast.walk(tree):
         if not isinstance(function, ast.AsyncFunctionDef):
@@ -152,6 +181,24 @@ def test_control_the_guard_names_a_direct_call_and_leaves_a_handed_one() -> None
         "    return await self.parts.write(nested)\n"
     )
     assert blocking_calls_in_coroutines(source, "x.py") == ["x.py:2 in handler: self.parts.index.item(...)"]
+
+
+def test_control_the_guard_names_a_store_reaching_callback_and_leaves_a_coroutine_one() -> None:
+    # As the MQTT receiver handed the receive queue its damaged-row report before (review 13 rev13c): a
+    # plain method writing the store's incident file, which the queue's coroutine called on the loop.
+    source = (
+        "class Receiver:\n"
+        "    async def run(self):\n"
+        "        runner = QueueRunner(queue, on_damaged=self._damaged, on_expired=self._expired)\n"
+        "        later = QueueRunner(queue, on_damaged=self._damaged_off_the_loop)\n"
+        "    def _damaged(self, station, detail):\n"
+        "        self.store.record_incident(station, 'receive_queue_damaged', detail)\n"
+        "    def _expired(self, message):\n"
+        "        self.counts.expired += 1\n"
+        "    async def _damaged_off_the_loop(self, station, detail):\n"
+        "        await asyncio.to_thread(self.store.record_incident, station, 'damaged', detail)\n"
+    )
+    assert blocking_calls_in_coroutines(source, "x.py") == ["x.py:3 on_damaged=_damaged reaches a store"]
 
 
 def test_control_the_guard_names_a_helper_that_reaches_a_store_and_leaves_a_handed_one() -> None:

@@ -110,7 +110,7 @@ async def test_the_runner_keeps_each_stations_order_and_serves_others_beside_a_s
         changed.set()
 
     runner = QueueRunner(queue, {Lane.API: handler, Lane.CONTENT: handler}, concurrency=2,
-                         on_damaged=lambda station, detail: None)
+                         on_damaged=_no_damage)
     task = asyncio.create_task(runner.run())
     try:
         for n in range(5):
@@ -150,7 +150,7 @@ async def test_a_lane_counted_but_empty_in_the_file_is_forgotten_not_offered_for
 
     queue.queued(Lane.API, "ghost")  # counted, never inserted
     runner = QueueRunner(queue, {Lane.API: handler, Lane.CONTENT: handler}, concurrency=1,
-                         on_damaged=lambda station, detail: None)
+                         on_damaged=_no_damage)
     offered = 0
     real_head = queue.head
 
@@ -171,3 +171,7 @@ async def test_a_lane_counted_but_empty_in_the_file_is_forgotten_not_offered_for
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         queue.close()
+
+
+async def _no_damage(station: str, detail: str) -> None:
+    """The runner's damaged-row report, where no row is damaged."""

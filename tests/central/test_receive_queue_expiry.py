@@ -101,7 +101,7 @@ async def test_the_runner_removes_an_expired_message_unhandled_and_counts_it(
             done.set()
 
     runner = QueueRunner(queue, {Lane.API: handler, Lane.CONTENT: handler}, concurrency=1,
-                         on_damaged=lambda station, detail: None,
+                         on_damaged=_no_damage,
                          on_expired=lambda message: expired.append(message.payload))
     topic = "evidence/stations/st-a/api/request/tree-head"
     assert await runner.add(Lane.API, "st-a", topic, b"expires", None, expiry_s=5) is Admission.ADDED
@@ -139,3 +139,7 @@ def test_a_queue_file_from_before_the_expiry_column_keeps_its_rows(tmp_path: Pat
         assert isinstance(message, QueuedMessage) and message.payload == b"old" and message.expires_at is None
     finally:
         reopened.close()
+
+
+async def _no_damage(station: str, detail: str) -> None:
+    """The runner's damaged-row report, where no row is damaged."""

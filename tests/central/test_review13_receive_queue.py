@@ -50,7 +50,7 @@ async def _api_answered_while_fins_are_slow(tmp_path: Path, slow_stations: int) 
         api_handled.set()
 
     runner = QueueRunner(queue, {Lane.CONTENT: content, Lane.API: api}, concurrency=concurrency,
-                         on_damaged=lambda station, detail: None)
+                         on_damaged=_no_damage)
     task = asyncio.create_task(runner.run())
     try:
         for n in range(slow_stations):
@@ -138,3 +138,7 @@ def test_review13_control_a_queue_file_free_at_open_keeps_its_message(tmp_path: 
         assert queue.set_aside is None and queue.waiting == 1
     finally:
         queue.close()
+
+
+async def _no_damage(station: str, detail: str) -> None:
+    """The runner's damaged-row report, where no row is damaged."""

@@ -600,6 +600,36 @@ async def test_termination(
     assert (await call(session, "DELETE", url, tus_headers())).status == 404
 
 
+async def test_termination_waits_for_the_registrations_lease(
+    server: RunningTus, session: aiohttp.ClientSession, store: SignallingStore, clock: FakeClock
+) -> None:
+    url = await create(session, server, 6)
+    assert (await patch(session, url, 0, b"abcdef")).status == 204
+    content = store.complete_path(upload_id(url))  # a registration claims it, as registration does
+    override = tus_headers(X_HTTP_Method_Override="DELETE")
+    for method, headers in (("DELETE", tus_headers()), ("POST", override)):
+        reply = await call(session, method, url, headers)
+        assert reply.status == 423, reply.body
+        assert reply.error == "upload_registering"
+        assert f"upload {upload_id(url)} is held by its registration" in reply.detail
+        assert reply.headers["Tus-Resumable"] == "1.0.0"
+    assert content.read_bytes() == b"abcdef"  # nothing pulled from under the registration
+    assert (await head_offset(session, url)) == 6
+    # Control: the lease ended (the registration never came back), and the same termination removes it.
+    clock.now_s += 3601
+    assert (await call(session, "DELETE", url, tus_headers())).status == 204
+    assert not content.exists()
+
+
+async def test_control_a_complete_upload_nobody_claimed_is_terminated(
+    server: RunningTus, session: aiohttp.ClientSession, store: SignallingStore
+) -> None:
+    url = await create(session, server, 6)
+    assert (await patch(session, url, 0, b"abcdef")).status == 204
+    assert (await call(session, "DELETE", url, tus_headers())).status == 204
+    assert list(store.root.iterdir()) == []
+
+
 async def test_x_http_method_override(
     server: RunningTus, session: aiohttp.ClientSession, store: SignallingStore
 ) -> None:
@@ -610,7 +640,9 @@ async def test_x_http_method_override(
     reply = await call(session, "POST", url, headers, b"def")
     assert reply.status == 204
     assert reply.headers["Upload-Offset"] == "6"
-    assert store.complete_path(upload_id(url)).read_bytes() == b"abcdef"
+    # Read as a file, not through complete_path: that is registration's claim, under which termination
+    # is refused (test_termination_waits_for_the_registrations_lease).
+    assert (store.root / f"{upload_id(url)}.part").read_bytes() == b"abcdef"
     assert (await call(session, "POST", url, tus_headers())).status == 405
     assert (await call(session, "POST", url, tus_headers(X_HTTP_Method_Override="PUT"))).status == 400
     assert (await call(session, "POST", url, tus_headers(X_HTTP_Method_Override="DELETE"))).status == 204

@@ -296,6 +296,43 @@ async def test_an_abandoned_upload_is_purged_by_another_receiver(
     assert _staged_keys(site, upload) == []
 
 
+async def test_termination_on_another_receiver_waits_for_the_registrations_lease(
+    pair: Pair, site: ReceiverSite, station: FakeStation
+) -> None:
+    headers = _enrol(pair.a, station)
+    content = os.urandom(PART + 321)
+    acquired = station.acquire(content)
+    uploads_a = pair.a.parts.uploads
+    assert isinstance(uploads_a, SharedTusStore)
+    async with aiohttp.ClientSession() as session:
+        upload = await _create(session, pair.url("a"), headers, len(content))
+        status, _, text = await _patch(session, pair.url("a"), upload, headers, 0, content)
+        assert status == 204, text
+        # Receiver A's registration claims the upload (its lease, in the database) ...
+        await asyncio.to_thread(uploads_a.staged, upload)
+        # ... and the station's termination on receiver B is refused while it runs.
+        for method, extra in (("DELETE", {}), ("POST", {"X-HTTP-Method-Override": "DELETE"})):
+            async with session.request(method, f"{pair.url('b')}/v1/uploads/{upload}",
+                                       headers={**TUS, **headers, **extra}) as refused:
+                doc = await refused.json()
+                assert refused.status == 423, doc
+                assert doc["error"] == "upload_registering", doc
+                assert f"upload {upload} is held by its registration" in doc["detail"], doc
+        assert len(_staged_keys(site, upload)) == 2 and uploads_a.get(upload) is not None
+        # The registration goes on with the content it holds and removes the upload itself.
+        await _register(session, pair.url("a"), pair.a, station, upload, acquired, headers)
+        assert uploads_a.get(upload) is None and _staged_keys(site, upload) == []
+
+        # Control: a complete upload no registration claimed is terminated on B.
+        other = os.urandom(1234)
+        upload = await _create(session, pair.url("a"), headers, len(other))
+        status, _, text = await _patch(session, pair.url("a"), upload, headers, 0, other)
+        assert status == 204, text
+        async with session.delete(f"{pair.url('b')}/v1/uploads/{upload}", headers={**TUS, **headers}) as done:
+            assert done.status == 204, await done.text()
+        assert uploads_a.get(upload) is None and _staged_keys(site, upload) == []
+
+
 # -- a receiver killed mid-upload -----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ checked at start."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import timedelta
@@ -16,13 +17,14 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from edge.central.app import READINESS
 from edge.central.objects import ObjectStoreError
 from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.service import RunningCentral, start_central
 from edge.central.tus_staging import STAGING_PREFIX
 from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV, FakeStation
+from tests.central.conftest import PG_PASSWORD_ENV, FakeStation, get_json
 from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
 from tests.central.s3 import SECRET_ENV, new_bucket, raw_client, s3_objects_config
@@ -131,6 +133,56 @@ async def test_control_parts_staged_in_a_content_bucket_with_default_retention_c
     # The record is gone, the locked part version stays: the delete was refused by the bucket.
     assert len(_part_versions(env, content_bucket, upload)) == 1
     assert any("could not be deleted" in record.getMessage() for record in caplog.records)
+
+
+async def test_readiness_names_a_staging_bucket_gone_without_its_address_or_keys(
+    tmp_path: Path, env: CephGateway, pg_database: PostgresDatabaseUnderTest,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    content_bucket, staging_bucket = new_bucket(env), _staging(env)
+    site = ReceiverSite(tmp_path, pg_database, env, content_bucket, staging_bucket)
+    running = await start_central(site.config("a"))
+    caplog.set_level(logging.INFO)
+    try:
+        running.app[READINESS].max_age_s = 0.0  # every probe answered afresh
+        async with aiohttp.ClientSession() as session:
+            # Control: both buckets answer, and the staging bucket is a check of its own.
+            status, ready = await get_json(session, f"{running.url}/readyz")
+            assert status == 200, ready
+            assert ready["checks"]["objects"] == "ok" and ready["checks"]["staging"] == "ok", ready
+            raw_client(env).delete_bucket(Bucket=staging_bucket)  # empty: no upload staged a part yet
+            async with session.get(f"{running.url}/readyz") as answer:
+                text = await answer.text()
+                assert answer.status == 503 and answer.headers["Retry-After"], text
+            ready = json.loads(text)
+            # Which backend, in a word: the content bucket still answers.
+            assert ready["checks"]["staging"] == "unreachable" and ready["checks"]["objects"] == "ok", ready
+            assert all(ready["checks"][name] == "ok" for name in ("store", "index", "signer")), ready
+            for secret in (env.endpoint, env.endpoint.split("://", 1)[1], staging_bucket, content_bucket,
+                           env.access_key_id, env.secret_access_key, pg_database.password):
+                assert secret not in text
+            # The detail goes to the log, naming the bucket; the keys go nowhere.
+            logged = "\n".join(record.getMessage() for record in caplog.records)
+            assert f"staging: ConnectionError: head staging bucket: bucket {staging_bucket}" in logged
+            assert env.secret_access_key not in logged and pg_database.password not in logged
+            raw_client(env).create_bucket(Bucket=staging_bucket)  # the bucket is back: ready again
+            status, ready = await get_json(session, f"{running.url}/readyz")
+            assert status == 200 and ready["checks"]["staging"] == "ok", ready
+    finally:
+        await running.stop()
+
+
+async def test_control_without_a_staging_bucket_the_content_bucket_is_the_only_bucket_checked(
+    tmp_path: Path, env: CephGateway, pg_database: PostgresDatabaseUnderTest,
+) -> None:
+    site = ReceiverSite(tmp_path, pg_database, env, new_bucket(env))
+    running = await start_central(site.config("a"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, ready = await get_json(session, f"{running.url}/readyz")
+        assert status == 200 and set(ready["checks"]) == {"store", "index", "signer", "objects"}, ready
+    finally:
+        await running.stop()
 
 
 def test_the_staging_bucket_is_checked_at_start(env: CephGateway) -> None:

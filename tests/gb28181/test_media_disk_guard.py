@@ -120,3 +120,23 @@ async def test_control_a_write_failing_otherwise_ends_error(
     receiver, _raw = await _receive_on_filled_disk(stream, tmp_path, monkeypatch, errno.EIO)
     outcome = await receiver.wait_closed()
     assert outcome.ended is EndReason.ERROR, (outcome.ended, outcome.detail)
+
+
+async def test_a_transfer_into_the_space_the_rooms_hold_stops_and_keeps_what_came(
+        stream: tuple[bytes, list[bytes]], tmp_path: Path) -> None:
+    """Issue 11: the guard keeps, beyond the reserve, what the rooms recording hold (read at each look).
+    Control: the same stream with the reserve alone (1 byte) is received whole (the test above)."""
+    ps, packets = stream
+    held = free_bytes(tmp_path) + (64 << 20)  # the rooms hold more than is free
+    opener = receiver_keeping_free(1, kept_free=lambda: held)
+    receiver = await opener(MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
+                            raw_path=tmp_path / "rec.ps", idle_timeout_s=2.0, max_bytes=1 << 30,
+                            expected_peer_host=None, max_media_span_s=None, time_limit_s=None,
+                            progress_window_s=None, min_progress_s=None)
+    with contextlib.suppress(ConnectionError):
+        await send_tcp(packets, receiver.local_port)
+    outcome = await receiver.wait_closed()
+    raw = (tmp_path / "rec.ps").read_bytes()
+    assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
+    assert f"the {held} held for the rooms recording" in outcome.detail
+    assert 0 < len(raw) == outcome.bytes < len(ps) and ps.startswith(raw)

@@ -148,3 +148,20 @@ def test_random_bytes_never_raise_and_come_out_no_longer_than_they_went_in(data:
     stream = pack_header(0) + data
     out, _ = _split([stream[i:i + size] for i in range(0, len(stream), size)])
     assert len(out.video) == len(stream)
+
+
+@pytest.mark.parametrize("follower", [b"\x00\x00\x01", b"\x00\x01", b"\x05"])
+def test_zero_stuffing_is_passed_on_in_runs_and_the_structures_after_it_are_read(follower: bytes) -> None:
+    # A camera that pads its packs with zeros (as much as its media): passed on byte for byte, a run at a
+    # time, whatever the RTP sizes cut it into; the audio after it is still taken out. Control: the same
+    # stream without the stuffing gives the same audio.
+    muxer = PsMuxer(Codec.H264, Codec.G711A)
+    media = [muxer.video_frame(b"\x00\x00\x00\x01\x65" + b"\x55" * 2000, 90000 + n * 3600, key=n == 0)
+             + muxer.audio_frame(bytes([n]) * 160, 90000 + n * 3600) for n in range(20)]
+    stuffed = b"".join(chunk + b"\x00" * 5000 for chunk in media) + follower
+    out, splitter = _split(_rtp_sized(stuffed, 3))
+    plain, _ = _split(_rtp_sized(b"".join(media), 3))
+    sound = [bytes([n]) * 160 for n in range(20)]
+    assert [a.data for a in out.audio] == [a.data for a in plain.audio] == sound
+    assert len(out.video) == len(stuffed) and out.video.count(b"\x00" * 5000) >= 20
+    assert splitter.damaged_audio == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.gb28181.ps import Codec
-from edge.rooms.gb_audio import AudioTimeline
+from edge.rooms.gb_audio import AudioGap, AudioGapOpened, AudioTimeline
 
 FRAME = 3600  # 25 fps video at 90 kHz
 PACKET = 1800  # 20 ms of G.711: 160 samples
@@ -107,3 +107,35 @@ def test_a_pts_wrap_is_carried_over_and_a_clock_jump_is_not_filled() -> None:
 def test_a_codec_without_a_raw_format_is_refused() -> None:
     with pytest.raises(ValueError, match=r"no raw G\.711 format"):
         AudioTimeline(Codec.AAC)
+
+
+def test_lost_sound_is_reported_open_at_once_and_closed_when_it_is_back() -> None:
+    timeline = AudioTimeline(Codec.G711A)
+    _run(timeline, 4.0, skip=(V0 + 90_000, V0 + 180_000), arrived_ns=1_000 * SECOND_NS)
+    opened, closed = timeline.take_events()  # in order: the loss found, then the sound back
+    assert opened == AudioGapOpened(1_001 * SECOND_NS)
+    assert isinstance(closed, AudioGap) and closed.seconds == 1.0 and closed.filled_s == 1.0
+    # While it lasts: open and not closed (the run goes on), then closed by finish() at the run's end.
+    ongoing = AudioTimeline(Codec.G711A)
+    _run(ongoing, 3.0, skip=(V0 + 90_000, V0 + 10 * 90_000))  # the lag fill: 1 s of silence
+    (still,) = ongoing.take_events()
+    assert isinstance(still, AudioGapOpened) and ongoing.lost
+    ongoing.finish()
+    (ended,) = ongoing.take_events()
+    assert isinstance(ended, AudioGap) and ended.ongoing_at_end and not ongoing.lost
+
+
+def test_sound_late_behind_the_lag_fill_is_a_re_base_kept_and_its_lag_followed() -> None:
+    timeline = AudioTimeline(Codec.G711A)
+    out = bytearray()
+    audio_at = V0
+    for frame in range(20 * 25):  # each 20 ms of sound muxed 1.5 s after the picture of its instant
+        pts = V0 + frame * FRAME
+        out += timeline.video(pts, 0)
+        while audio_at + 135_000 < pts + FRAME:
+            out += timeline.audio(audio_at, _tone(160))
+            audio_at += PACKET
+    assert timeline.dropped_samples == 0 and bytes(out).count(0x2A) == (audio_at - V0) // PACKET * 160
+    assert timeline.rebases == 1 and 0.4 <= timeline.shift_s() <= 0.5 and timeline.lag_s() >= 1.4
+    # Control: a repeated packet is still dropped, not a re-base.
+    assert timeline.audio(audio_at - PACKET, _tone(160)) == b"" and timeline.rebases == 1

@@ -21,7 +21,7 @@ from drivers.gb28181.ps import Codec, PsMuxer
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.rooms.gb_audio import AudioGap
+from edge.rooms.gb_audio import AudioGapEvent
 from edge.rooms.gb_feed import AUDIO_OVERFLOW_REASON, AUDIO_QUEUE_BYTES, GbRunFeed
 from edge.rooms.gb_source import GbRoomChannel
 from edge.rooms.recording import SessionRecording
@@ -120,7 +120,7 @@ async def test_video_and_sound_go_to_their_own_pipes_and_end_with_the_channel() 
     assert feed.end_reason is None and reader.closed
     assert len(video) == sum(len(c) for c in chunks) and b"\x00\x00\x01\xc0" not in video
     assert bytes(sound) == b"\x2a" * (30 * 8000)  # every sample, none filled
-    assert feed.status()["audio_filled_s"] == 0.0
+    assert feed.status()["audio_filled_s"] == 0.0 and feed.status()["unlisted_audio_pes"] == 0
 
 
 async def test_a_camera_without_sound_gets_one_pipe() -> None:
@@ -225,7 +225,7 @@ async def test_sound_that_is_not_g711_is_one_error_entry_a_session_and_the_pictu
                 + muxer.audio_frame(b"\xff\xf1" + b"\x00" * 30, 90000 + i * FRAME)
                 for i, (unit, key) in enumerate(h264_units)]
 
-    async def ready(channel: GbRoomChannel, on_audio_gap: Callable[[AudioGap], None]) -> GbRunFeed:
+    async def ready(channel: GbRoomChannel, on_audio_gap: Callable[[AudioGapEvent], None]) -> GbRunFeed:
         feed = GbRunFeed(ScriptedReader(aac_camera()), what=repr(channel), on_audio_gap=on_audio_gap)
         await feed.prepare()
         return feed
@@ -256,3 +256,24 @@ async def test_sound_that_is_not_g711_is_one_error_entry_a_session_and_the_pictu
     assert record is not None and record.path is not None
     probed = ffprobe_json(store.layout.root / record.path)
     assert [s["codec_type"] for s in probed["streams"]] == ["video"]
+
+
+async def test_audio_of_a_stream_the_psm_does_not_list_is_counted_and_dropped() -> None:
+    muxer = PsMuxer(Codec.H264, Codec.G711A)
+    chunks = []
+    for frame in range(50):  # 2 s: each picture's sound also sent as stream 0xC1, which the PSM does not list
+        pts = 90000 + frame * FRAME
+        chunk = muxer.video_frame(IDR if frame % 25 == 0 else SLICE, pts, key=frame % 25 == 0)
+        chunk += muxer.audio_frame(b"\x55" * 320, pts).replace(b"\x00\x00\x01\xc0", b"\x00\x00\x01\xc1")
+        chunks.append(chunk + muxer.audio_frame(b"\x2a" * 320, pts))
+    feed = GbRunFeed(ScriptedReader(chunks), what="test channel")
+    await feed.prepare()
+    sound, video, never = bytearray(), bytearray(), asyncio.Event()
+    try:
+        readers = [asyncio.create_task(_drain(fd, out, never))
+                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
+        await asyncio.wait_for(feed.pump(), 60)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+    finally:
+        feed.close()
+    assert bytes(sound) == b"\x2a" * (2 * 8000) and feed.status()["unlisted_audio_pes"] == 50

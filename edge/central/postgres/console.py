@@ -40,7 +40,11 @@ class PostgresConsoleStore(SqlConsoleStore):
 
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
-        self.conn: QmarkConnection = QmarkConnection(lambda: database.conn)
+        self._qmark = QmarkConnection(lambda: database.conn)
+
+    @property
+    def conn(self) -> QmarkConnection:
+        return self._qmark
 
     def __repr__(self) -> str:
         return f"PostgresConsoleStore({self._database.where!r})"

@@ -24,7 +24,11 @@ class PostgresEquipmentRows(SqlEquipmentRows):
 
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
-        self.conn: QmarkConnection = QmarkConnection(lambda: database.conn)
+        self._qmark = QmarkConnection(lambda: database.conn)
+
+    @property
+    def conn(self) -> QmarkConnection:
+        return self._qmark
 
     def __repr__(self) -> str:
         return f"PostgresEquipmentRows({self._database.where!r})"

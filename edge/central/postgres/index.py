@@ -30,7 +30,11 @@ class PostgresIndex(SqlIndex):
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
         # The database's current connection (replaced when lost), in the shared SQL's dialect.
-        self.conn: QmarkConnection = QmarkConnection(lambda: database.conn)
+        self._qmark = QmarkConnection(lambda: database.conn)
+
+    @property
+    def conn(self) -> QmarkConnection:
+        return self._qmark
 
     def __repr__(self) -> str:
         return f"PostgresIndex({self._database.where!r})"

@@ -64,6 +64,7 @@ from edge.central.tus_store import (
     UploadExpiredError,
     UploadIncompleteError,
     UploadInfo,
+    UploadLeasedError,
     UploadNotFoundError,
     UploadTooLargeError,
     UploadWriteBase,
@@ -410,14 +411,26 @@ class SharedTusStore:
         return StagedUpload(self, info, self.sources(upload_id, parts), vouched=vouched)
 
     def remove(self, upload_id: str) -> bool:
-        """Delete the upload's parts and record; False when there was none. Raises
-        :class:`UploadBusyError`."""
+        """Delete the upload's parts and record (registration, done with them); False when there was none.
+        Raises :class:`UploadBusyError`."""
+        return self._remove(upload_id, terminating=False)
+
+    def terminate(self, upload_id: str) -> bool:
+        """:meth:`remove` for the station's tus termination (DELETE): refused with
+        :class:`UploadLeasedError` while a registration (on any receiver) holds the complete upload's lease
+        (:meth:`staged`). Looked at under the upload's lock, which the claim takes too: either the
+        termination drops the upload before the claim reads it, or it sees the claim's lease."""
+        return self._remove(upload_id, terminating=True)
+
+    def _remove(self, upload_id: str, *, terminating: bool) -> bool:
         if not is_upload_id(upload_id):
             return False
         with self._connections.borrowed() as conn:
             if not self._try_lock(conn, upload_id):
                 raise UploadBusyError(f"upload {upload_id} is being written by another request")
             try:
+                if terminating:
+                    self._refuse_under_lease(conn, upload_id)
                 existed = self._drop(conn, upload_id)
             finally:
                 self._unlock(conn, upload_id)
@@ -435,6 +448,13 @@ class SharedTusStore:
         self._vouched.pop(upload_id)
         cursor = conn.execute("DELETE FROM tus_uploads WHERE upload_id = %s", (upload_id,))
         return cursor.rowcount > 0
+
+    def _refuse_under_lease(self, conn: Connection, upload_id: str) -> None:
+        """Raise :class:`UploadLeasedError` when a registration's lease on the complete upload runs now."""
+        row = conn.execute("SELECT leased_until FROM tus_uploads WHERE upload_id = %s AND committed = length "
+                           "AND leased_until > %s", (upload_id, self.now())).fetchone()
+        if row is not None:
+            raise UploadLeasedError(upload_id, row[0].astimezone(UTC))
 
     @staticmethod
     def _hold_for_claim(conn: Connection, upload_id: str) -> None:

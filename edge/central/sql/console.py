@@ -49,7 +49,10 @@ def _units_text(units: Iterable[str]) -> str:
 class SqlConsoleStore(ABC):
     """The console's records in the tables of one database; methods run their own transactions."""
 
-    conn: SqlConnection
+    @property
+    @abstractmethod
+    def conn(self) -> SqlConnection:
+        """The backend's connection for the calling thread (its reader threads read on their own)."""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[object]:

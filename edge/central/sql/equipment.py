@@ -28,7 +28,10 @@ def _issued(row: Any) -> IssuedList:
 class SqlEquipmentRows(ABC):
     """Officer-list versions and fleet reports in the tables of one database."""
 
-    conn: SqlConnection
+    @property
+    @abstractmethod
+    def conn(self) -> SqlConnection:
+        """The backend's connection for the calling thread (its reader threads read on their own)."""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[object]:

@@ -107,7 +107,10 @@ class SqlIndex(SqlLockExtensions, ABC):
     """The index's queries on a backend's connection (``?`` SQL, rows by index and name), with the pending
     object-lock extensions (:mod:`edge.central.sql.lock_extensions`), written in the index's transaction."""
 
-    conn: SqlConnection
+    @property
+    @abstractmethod
+    def conn(self) -> SqlConnection:
+        """The backend's connection for the calling thread (its reader threads read on their own)."""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[object]:

@@ -45,7 +45,10 @@ def _pending(row: tuple[object, ...]) -> PendingLock:
 class SqlLockExtensions(ABC):
     """The pending lock extensions of one database (mixed into its index: they share its transaction)."""
 
-    conn: SqlConnection
+    @property
+    @abstractmethod
+    def conn(self) -> SqlConnection:
+        """The backend's connection for the calling thread (its reader threads read on their own)."""
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[object]:

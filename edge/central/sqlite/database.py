@@ -3,13 +3,30 @@
 :class:`SqliteDatabase` owns the connection and is the unit of work (:class:`edge.central.storage.UnitOfWork`)
 that :class:`~edge.central.sqlite.index.SqliteIndex` and :class:`~edge.central.sqlite.log.SqliteLogStore`
 are built on: neither is handed the connection by anyone else, and no module outside this package sees it.
+
+Writes run on the one read-write connection, inline (the lock they wait for is only this process's own).
+Reads a coroutine hands to :meth:`SqliteDatabase.run_reads` run in reader threads, as on PostgreSQL: two
+for the stations and two for everyone else (:class:`edge.central.storage.Readers`), each thread on a
+read-only connection of its own, opened at its first read. WAL lets them read beside the writer: each read
+statement sees the transactions committed when it began, never the writer's uncommitted rows, and a
+write the loop committed before handing a read over is seen by it. So an auditor's search over a large
+index no longer stalls the loop (uploads, registrations, ``/healthz``) of a one-site central.
+
+A read that records something (the authenticator's refusal, in the reader's thread) opens a transaction:
+its statements go to the read-write connection, as every transaction's do, under the writer mutex that
+:meth:`SqliteDatabase.run_writes` holds too, so that no two threads ever interleave on that connection and
+nothing reads another thread's uncommitted rows there (the loop waits, at most, for one such short write).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,9 +46,21 @@ from edge.central.storage import Readers
 from edge.durable.files import create_private_file, ensure_private_dir
 from edge.durable.sqlite import immediate_transaction
 
-__all__ = ["SqliteDatabase"]
+__all__ = ["SqliteDatabase", "readonly_uri"]
 
 _T = TypeVar("_T")
+
+# Reader threads per kind of reader (edge.central.storage.Readers), as PostgreSQL's: an auditor's slow reads
+# holding the console's threads leave the stations' served.
+_READER_THREADS = 2
+# How long a reader waits for a lock SQLite takes briefly even in WAL mode (opening, a checkpoint's end).
+_READER_BUSY_TIMEOUT_S = 30
+
+
+def readonly_uri(db_path: Path) -> str:
+    """The ``file:`` URI opening ``db_path`` read-only (the path percent-encoded: a ``?`` or ``#`` in a
+    folder name is not taken for the URI's query)."""
+    return f"{db_path.absolute().as_uri()}?mode=ro"
 
 
 def _no_sealer(key: bytes) -> None:
@@ -44,8 +73,20 @@ class SqliteDatabase:
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
-        self.conn = conn
+        # The read-write connection: every write, and the reads not handed to run_reads.
+        self._conn = conn
         self.path = path
+        self._reader_threads: dict[Readers, ThreadPoolExecutor] = {}
+        # In a reader thread: its own read-only connection (``conn``).
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns_lock = threading.Lock()
+        self._closed = False
+        # Whoever uses the read-write connection holds this: run_writes' work (the loop's reads and
+        # transactions there) and any thread's transaction (reentrant: run_writes' work opens them).
+        self._writer_mutex = threading.RLock()
+        # How deep the calling thread is inside transactions: its statements go to the read-write connection.
+        self._in_transaction = threading.local()
         self._index = SqliteIndex(self)
         self._log_store = SqliteLogStore(self)
         self._console = SqliteConsoleStore(self)
@@ -55,6 +96,15 @@ class SqliteDatabase:
 
     def __repr__(self) -> str:
         return f"SqliteDatabase(path={str(self.path) if self.path else None!r})"
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection of the calling thread: a reader thread's own read-only one (run_reads), else the
+        read-write connection."""
+        reading: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if reading is None or getattr(self._in_transaction, "depth", 0) > 0:
+            return self._conn
+        return reading
 
     @property
     def index(self) -> SqliteIndex:
@@ -106,25 +156,73 @@ class SqliteDatabase:
     @classmethod
     def open_readonly(cls, db_path: Path) -> SqliteDatabase:
         """A read-only database (verification must never change what it checks); no schema is made."""
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        conn = sqlite3.connect(readonly_uri(db_path), uri=True, timeout=10, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         return cls(conn, db_path)
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Never await inside it."""
-        return immediate_transaction(self.conn)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT on the read-write connection, rolled back on any exception, under the
+        writer mutex (whichever thread opens it). Never await inside it."""
+        with self._writer_mutex:
+            self._in_transaction.depth = getattr(self._in_transaction, "depth", 0) + 1
+            try:
+                with immediate_transaction(self._conn) as conn:
+                    yield conn
+            finally:
+                self._in_transaction.depth -= 1
 
     async def run_writes(self, work: Callable[[], _T]) -> _T:
-        """``work()`` where it is, on the event loop: the one connection is shared with the loop's reads
-        (a transaction in another thread would show them its uncommitted rows), and the lock it waits
-        for is only this process's own (no other receiver holds a store's SQLite file)."""
-        return work()
+        """``work()`` where it is, on the event loop, holding the writer mutex: the read-write connection is
+        shared with the reads ``work`` makes before its transactions, and the lock it waits for is only
+        this process's own (no other receiver holds a store's SQLite file); a reader thread's transaction
+        (a refusal it records) is the longest it waits."""
+        with self._writer_mutex:
+            return work()
 
     async def run_reads(self, work: Callable[[], _T], readers: Readers = Readers.CONSOLE) -> _T:
-        """``work()`` where it is, on the event loop, for the reason of :meth:`run_writes`: on the one
-        connection a read in another thread could see the uncommitted rows of a transaction the loop is
-        running, and a read of the local file never waits for another process."""
+        """``work()`` in one of the ``readers``' threads, on that thread's read-only connection (see the
+        module docstring), so that a long read (a console search over a large index) does not stall the
+        event loop. Where it is when the database has no file (made in memory: no second connection can
+        see it)."""
+        if self.path is None:
+            return work()
+        threads = self._reader_threads.get(readers)
+        if threads is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self!r} is closed")
+            threads = self._reader_threads[readers] = ThreadPoolExecutor(
+                max_workers=_READER_THREADS, thread_name_prefix=f"sqlite-reader-{readers.value}")
+        return await asyncio.get_running_loop().run_in_executor(threads, functools.partial(self._read, work))
+
+    def _read(self, work: Callable[[], _T]) -> _T:
+        """In a reader thread: ``work()`` with this thread's connection as :attr:`conn`."""
+        if getattr(self._reader_local, "conn", None) is None:
+            assert self.path is not None
+            # Autocommit: each read statement its own read transaction, none left open to hold the WAL.
+            conn = sqlite3.connect(readonly_uri(self.path), uri=True, isolation_level=None,
+                                   timeout=_READER_BUSY_TIMEOUT_S,
+                                   check_same_thread=False)  # closed by close(), in another thread
+            conn.row_factory = sqlite3.Row
+            with self._reader_conns_lock:
+                if self._closed:
+                    conn.close()
+                    raise sqlite3.ProgrammingError(f"{self!r} is closed")
+                self._reader_conns.append(conn)
+            self._reader_local.conn = conn
         return work()
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the connections, after the reads under way (interrupted: a long search ends with
+        ``sqlite3.OperationalError`` rather than holding the stop; their threads are waited for)."""
+        with self._reader_conns_lock:
+            self._closed = True
+            for conn in self._reader_conns:
+                conn.interrupt()
+        for threads in self._reader_threads.values():
+            threads.shutdown(wait=True)
+        with self._reader_conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._conn.close()

@@ -52,7 +52,12 @@ class SqliteEquipmentRows(SqlEquipmentRows):
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._database = database
-        self.conn: sqlite3.Connection = database.conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The database's connection for the calling thread (:attr:`SqliteDatabase.conn`: a reader
+        thread's own while it reads). Only this package uses it; tests use it to play the attacker."""
+        return self._database.conn
 
     def __repr__(self) -> str:
         path = self._database.path

@@ -207,9 +207,13 @@ class SqliteIndex(SqlIndex):
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._database = database
-        # Only this package uses the connection; tests use it to play the attacker with the file.
-        self.conn: sqlite3.Connection = database.conn
         self.path = database.path
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The database's connection for the calling thread (:attr:`SqliteDatabase.conn`: a reader
+        thread's own while it reads). Only this package uses it; tests use it to play the attacker."""
+        return self._database.conn
 
     def __repr__(self) -> str:
         return f"SqliteIndex(path={str(self.path) if self.path else None!r})"

@@ -104,7 +104,11 @@ class SqliteLogStore:
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._database = database
-        self._conn = database.conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The database's connection for the calling thread (a reader thread's own while it reads)."""
+        return self._database.conn
 
     def __repr__(self) -> str:
         return f"SqliteLogStore(path={str(self._database.path) if self._database.path else None!r})"

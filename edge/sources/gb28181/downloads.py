@@ -535,7 +535,10 @@ class GbDownloads:
     async def _ensure_room(self) -> None:
         """Raise `StoreBelowReserve` (after one `error` entry, limited like the listing's problems) when the
         spool's disk is below the store's reserve: a download there would only be refused by the copy."""
-        reserve = self.pipeline.settings.min_free_bytes
+        # The rooms recording hold space beyond the reserve too (edge.ingest.kept_space): the copy would keep
+        # it, so the download waits for them rather than fill the spool into it (issue 11).
+        held = self.pipeline.kept_space.said_now()
+        reserve = self.pipeline.settings.min_free_bytes + self.pipeline.kept_space.bytes_now()
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -543,7 +546,8 @@ class GbDownloads:
         if available >= reserve:
             return
         await self._store_full(f"the station disk holding the download spool has {available} bytes free, "
-                               f"below the store's reserve of {reserve} ([offload] min_free_bytes)")
+                               f"below the store's reserve of {self.pipeline.settings.min_free_bytes} "
+                               f"([offload] min_free_bytes){held}")
 
     async def _tight_for(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> bool:
         """Whether `ref`, whose last download the station's own free-space guard ended (`disk-full`), is
@@ -559,6 +563,8 @@ class GbDownloads:
         if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
             return False
         reserve = self.pipeline.settings.min_free_bytes
+        # With what the rooms recording hold (edge.ingest.kept_space): the copy keeps it too (issue 11).
+        kept, held = self.pipeline.kept_space.bytes_now(), self.pipeline.kept_space.said_now()
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
         assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
         received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
@@ -568,7 +574,7 @@ class GbDownloads:
         # any try, whatever the device listed (a FileSize of 2**64 - 1 would be no room ever: review 28).
         capped = size > self.max_recording_bytes
         size = min(size, self.max_recording_bytes)
-        needed = reserve + ROOM_PER_BYTE_DOWNLOADED * size
+        needed = reserve + kept + ROOM_PER_BYTE_DOWNLOADED * size
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -589,9 +595,9 @@ class GbDownloads:
                          "max_recording_mb; the size known of it is larger)")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
-                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_BYTE_DOWNLOADED} "
-                      f"times {sized}: the raw PS itself and the receiver's room to seal it): not downloaded "
-                      "until there is room, never given up for waiting")
+                      f"download needs (the store's reserve of {reserve}{held} plus "
+                      f"{ROOM_PER_BYTE_DOWNLOADED} times {sized}: the raw PS itself and the receiver's room "
+                      "to seal it): not downloaded until there is room, never given up for waiting")
             data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
                     "channel_id": display_text(ref.channel_id, 64), "original": shown,
                     "recording": ref.described(), "reason": reason, **extra}

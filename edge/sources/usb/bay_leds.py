@@ -21,6 +21,7 @@ from edge.sources.usb.offload import OffloadOutcome
 NOT_ALLOWED = "not_allowed"
 WRONG_PASSWORD = "wrong_password"
 DISK_FULL = "disk_full"
+ROOMS_RECORDING = "rooms_recording"
 PULLED_EARLY = "pulled_early"
 FILES_FAILED = "files_failed"
 AWAITING_RECEIPT = "awaiting_receipt"
@@ -29,6 +30,7 @@ ERROR_CLASS_LEDS: Mapping[str, BayLed] = MappingProxyType({
     NOT_ALLOWED: BayLed.DENIED,
     WRONG_PASSWORD: BayLed.PASSWORD,
     DISK_FULL: BayLed.FULL,
+    ROOMS_RECORDING: BayLed.FULL,  # the same for the officer: untouched, dock again later
     PULLED_EARLY: BayLed.PULLED,
     FILES_FAILED: BayLed.PARTIAL,
     AWAITING_RECEIPT: BayLed.RECEIPT,

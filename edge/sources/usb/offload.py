@@ -126,6 +126,8 @@ class OffloadResult:
     # Evidence files listed but not sealed (unreadable: they stay on the recorder, never wiped), shown as
     # `display_path`, never raw.
     unread: list[str] = field(default_factory=list)
+    # STORE_FULL because the rest of the disk is kept for the rooms recording (edge.ingest.kept_space): them.
+    kept_for_rooms: list[str] = field(default_factory=list)
 
 
 def list_recorder_volume(root_fd: int, offload: OffloadSection) -> Listing:
@@ -207,6 +209,7 @@ class VolumeOffload:
         self.items: list[str] = []
         self.not_evidence: list[str] = []
         self.unread: list[str] = []
+        self.kept_for_rooms: list[str] = []
         self.device = session.identity.device_serial
         self.chunk = config.offload.chunk_bytes
         self.pipeline = pipeline or IngestPipeline(
@@ -297,6 +300,7 @@ class VolumeOffload:
         self.unread = [f.display_path for w, f in zip(ingested.items, evidence, strict=True)
                        if w.item not in sealed]
         self.progress.wiped += sum(1 for w in ingested.items if w.state == WIPED)
+        self.kept_for_rooms = sorted({room for kept in ingested.kept_for for room in kept.members})
         outcome = _FROM_INGEST[ingested.outcome]
         if outcome is OffloadOutcome.DONE:
             rows = [_Wipe(w, f) for w, f in zip(ingested.items, evidence, strict=True)]
@@ -342,6 +346,7 @@ class VolumeOffload:
             self.awaiting_receipt,
             self.awaiting_witness,
             list(self.unread),
+            list(self.kept_for_rooms),
         )
 
     # -- wipe -------------------------------------------------------------------------------------

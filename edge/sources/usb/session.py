@@ -364,6 +364,8 @@ class DockingSession:
                 outcome=result.outcome.value, session=session.session, bay=session.bay,
                 unread=result.unread, found_at_start=self.found_at_start)
         phase, error_class = OUTCOME_STATUS[result.outcome]
+        if result.outcome is OffloadOutcome.STORE_FULL and result.kept_for_rooms:
+            error_class = ErrorClass.ROOMS_RECORDING  # not full: kept for them (named on the ledger)
         self._show(phase, error_class)
         await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
         return result
