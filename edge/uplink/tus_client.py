@@ -44,6 +44,11 @@ reused buffer would be overwritten under it. While one chunk is on the wire the 
 hashed (one chunk of read-ahead), so disk, hashing and network overlap. Memory per upload is therefore
 about two chunks (2 x 8 MiB by default) whatever the file size.
 
+The wire: requests with a chunk's body go over ``bodies`` when given (:mod:`edge.uplink.blocking_body`:
+a blocking socket in a worker thread with the session's own TLS context, about half the CPU per byte of
+asyncio's TLS transport), every other request over the ``aiohttp`` session; both give the checks below
+the same :class:`~edge.uplink.tus_answer.TusAnswer`, and their failures map to the same errors.
+
 Every value from the server is checked before use: status codes, ``Tus-Resumable``,
 ``Upload-Offset`` (decimal, bounded, never beyond the length or behind what the server already
 confirmed in this call), ``Location`` (bounded, same origin as the configured base URL so station
