@@ -188,6 +188,9 @@ class BlockingBodySender:
                 finished = True
                 if answer_deadline is not None:
                     answer_deadline.cancel()
+                # The closure refers to the exchange, which holds the chunk: no cycle may keep 8 MiB
+                # buffers for the cyclic collector.
+                exchange.on_body_sent = None
                 self._in_flight.discard(exchange)
                 if count_sent is not None:
                     count_sent(exchange.bytes_sent)
@@ -334,6 +337,12 @@ class _Exchange:
 
     def run(self) -> tuple[TusAnswer, socket.socket | None]:
         """(the answer, the connection to keep or None)."""
+        try:
+            return self._exchange()
+        finally:
+            self._body = b""  # the chunk is the caller's again: nothing here keeps it
+
+    def _exchange(self) -> tuple[TusAnswer, socket.socket | None]:
         try:
             sock = self._reuse() if self._reused is not None else self._connect()
             sock.sendall(self._head)
