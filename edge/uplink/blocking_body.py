@@ -24,7 +24,8 @@ What it keeps of the aiohttp path:
   the answer while it writes;
 - keep-alive: a connection whose exchange ended cleanly (whole body sent, answer read to its end, no
   ``Connection: close``) is kept for the next request to the same origin; one the server closed or
-  wrote to while idle is discarded; at most ``max_connections`` at once, in flight or idle.
+  wrote to while idle is discarded; at most ``max_connections`` to the central at once, in flight
+  or idle.
 
 Every byte of the answer is hostile until checked: the status line and headers are parsed by
 ``http.client`` (a line at most 64 KiB, at most 100 headers) and their total is bounded here
