@@ -6,6 +6,16 @@ writes (``-f alaw|mulaw -ar 8000 -ac 1``). A raw stream has no timestamps: its s
 input, whose audio the agent took out) and every later sample where its PTS puts it:
 
 * audio before the first video frame is dropped; audio that starts after it is preceded by silence;
+* audio PES are written in PTS order: a hole right after real sound is held open (the PES after it kept)
+  until sound muxed late fills it, or `reorder_s` of sound came after it (or MAX_HELD PES wait, or the
+  lag fill or the run's end reaches it): only then is it a hole (two PES swapped lose nothing; `reordered`
+  counts PES that came after one their PTS puts after them);
+* a PES whose PTS is off where the sound is by less than half its own length (at most JITTER_S: a camera
+  stamping each packet with its capture time) is written right there, neither a hole nor an overlap; the
+  mean of those offsets is followed, and once it is more than DRIFT_SAMPLES (an audio clock not at 8000 Hz
+  stamped by the time) that many samples are dropped (counted in `clock_dropped_samples`) or filled;
+* a PES with the PTS and payload of one taken already (a muxer sending it twice) is dropped whole
+  (`duplicates`), never written again nor taken for a PTS set back;
 * a hole in the audio PTS (packets lost, a camera that stopped sending its sound) is filled with silence
   of exactly its length (A-law 0xD5, µ-law 0xFF), never by stretching what came;
 * the sound never falls more than `lag_s` behind the picture: while no audio comes, silence is written up
@@ -17,18 +27,22 @@ input, whose audio the agent took out) and every later sample where its PTS puts
   audio's PTS shifted by it, counted in `rebases`, the shift in `shift_s`; the lag allowed grows with
   it, up to `max_lag_s`, so that the fill does not overtake it again); a PTS set back for good (more
   than `rebase_s` into sound already written) is a re-base too. Only a small overlap of real sound (a
-  repeated packet, a PTS going back a little) has its overlapping samples dropped (`dropped_samples`);
-* a hole is filled only up to the latest video PTS plus `lag_s`: an audio PTS further ahead of the
+  PTS going back a little) has its overlapping samples dropped. `dropped_samples` counts all received
+  sound not written, whatever the cause (`dropped_share()` its share);
+* a hole is filled only up to the latest video PTS plus `lead_s`: an audio PTS further ahead of the
   picture (a damaged or hostile PES header, an audio clock set on) is a jump, not a hole: the sound goes
-  on where it is (re-based, counted in `jumps`), so the raw sound never runs ahead of the picture;
+  on where it is (re-based, counted in `jumps`); and no sound is written beyond it either: an audio clock
+  faster than the picture's stamped by its sample count (8050 Hz for 8000) has what would run further
+  dropped from the start of its PES (`clock_dropped_samples`), so the raw sound never runs more than
+  `lead_s` ahead of the picture (ffmpeg, interleaving by time, would leave it in the pipe);
 * a video timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of
   apart) is no hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS
   inputs, 10 s), so the audio goes on where it is (counted in `jumps`).
 
 Loss is a gap in the record like video loss. The sound is judged lost (an :class:`AudioGapOpened` as soon
 as it is) from the first silence of a run of silence `report_s` long, or of a window of `window_s` of
-sound more than half filled with silence (many short holes: a camera losing most of its packets); it is
-found again (an :class:`AudioGap`, closed, with the silence within it) at the first real sound after
+sound at least half filled with silence (many short holes: a camera losing half its packets or more); it
+is found again (an :class:`AudioGap`, closed, with the silence within it) at the first real sound after
 which `recover_s` of sound comes with no silence in it. Station times are mapped from the PTS by the
 latest video frame's arrival. A short hole (a lost packet) is filled and counted (`filled_samples`) only.
 `finish()` (the run's end, or the session's stop) closes a gap still open (`ongoing_at_end`).
@@ -60,6 +74,7 @@ LEAD_S = 1.0  # the sound is never written more than this ahead of the latest pi
 REORDER_S = 0.2  # a hole after real sound waits this much of the sound after it for PES muxed late ...
 MAX_HELD = 16  # ... and at most this many PES
 JITTER_S = 0.04  # a PES this close (and under half its length) to where the sound is: written there
+JITTER_SAMPLES = round(JITTER_S * SAMPLE_RATE_HZ)
 PHASE_PES = 16  # the PTS's mean offset from the written sound: averaged over about this many PES
 DRIFT_SAMPLES = 16  # ... and corrected (samples dropped or silence) once it is more than this (2 ms)
 RECENT_PES = 32  # PES remembered to know one sent twice
@@ -257,12 +272,12 @@ class AudioTimeline:
 
     # -- placing the sound ---------------------------------------------------------------------------------
 
-    def _jitter(self, count: int) -> int:
+    @staticmethod
+    def _jitter(count: int) -> int:
         """How far (samples) a PES of `count` samples may start from where the sound is and be written
-        right there: under half its own length (more is a hole or an overlap), at most JITTER_S."""
-        return max(1, min((count - 1) // 2, self._jitter_samples))
-
-    _jitter_samples = round(JITTER_S * SAMPLE_RATE_HZ)
+        right there: under half its own length (more is a hole or an overlap), at most JITTER_S (one
+        sample of rounding always)."""
+        return max(1, min((count - 1) // 2, JITTER_SAMPLES))
 
     def _off_step(self, start: int, data: bytes) -> int:
         """How far `start` is from where the sound is (its mean jitter aside), beyond the jitter allowed:
@@ -430,7 +445,7 @@ class AudioTimeline:
             self._close(self._found_from)
 
     def _window_end(self) -> None:
-        """The current window is over (or the run): more than half of it silence is lost sound."""
+        """The current window is over (or the run): half of it silence or more is lost sound."""
         if self.samples <= self._window_from:
             return
         length = self.samples - self._window_from
