@@ -330,7 +330,7 @@ class AudioTimeline:
                     self.clock_dropped_samples += cut
                     self._phase += cut
                 else:
-                    out += self._fill(correction)
+                    out += self._fill(correction, drift=True)
                     self._phase -= correction
         elif step > 0:
             if self._is_jump(start):
@@ -401,12 +401,15 @@ class AudioTimeline:
     def _ticks(samples: int) -> int:
         return round(samples * CLOCK_HZ / SAMPLE_RATE_HZ)
 
-    def _fill(self, count: int) -> bytes:
+    def _fill(self, count: int, *, drift: bool = False) -> bytes:
+        """`count` samples of silence written at the end (`drift`: a slow audio clock's correction, a few
+        samples between pieces of sound received whole: no loss, so the sound found again stays found)."""
         if count <= 0:
             return b""
         if self._silence_from is None:
             self._silence_from = self.samples
-        self._found_from = None
+        if not drift:
+            self._found_from = None
         written = 0
         while written < count:  # window by window: each is judged as it ends
             room = self._window_from + self._window_samples - self.samples

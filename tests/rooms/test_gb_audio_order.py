@@ -142,3 +142,20 @@ def test_half_the_packets_lost_is_lost_sound_and_a_quarter_is_not() -> None:
     _camera(quarter, 10.0, lambda frame, pts: _pair(frame, pts)[:1] if frame % 2 else _pair(frame, pts))
     quarter.finish()
     assert quarter.take_gaps() == [] and quarter.filled_samples == 20_000
+
+
+def test_a_slow_audio_clock_s_corrections_do_not_hold_a_gap_open_after_the_sound_is_back() -> None:
+    # 7920 Hz stamped by the time: a few samples of silence now and then (every 0.2 s) keep it with the
+    # picture; a second of its sound lost at 10 s is one gap of that second, closed once the sound is back
+    # (not held open to the run's end by the corrections).
+    timeline = AudioTimeline(Codec.G711A)
+    made = _clock(7920, stamped_by_time=True)
+
+    def packets(frame: int, pts: int) -> list[tuple[int, bytes]]:
+        sent = made(frame, pts)
+        return [] if 250 <= frame < 275 else sent
+
+    out = _camera(timeline, 60.0, packets) + timeline.finish()
+    assert abs(len(out) / 8000 - 60.0) <= 0.1
+    (gap,) = timeline.take_gaps()
+    assert 0.95 <= gap.seconds <= 1.1 and not gap.ongoing_at_end
