@@ -7,8 +7,15 @@ G.711 (PSM stream type 0x90 A-law, 0x91 µ-law) goes as raw samples, aligned wit
 :class:`edge.rooms.gb_audio.AudioTimeline`, over a second pipe (``-f alaw|mulaw -ar 8000 -ac 1``). One
 reader for both, so both begin at the same key frame: the first video PTS is sample 0 of the sound, and
 ffmpeg's time 0 of both inputs is the same instant (no -itsoffset to guess). Only the audio stream the PSM
-lists first is the camera's sound: audio PES of any other stream id (one the PSM does not list) are
-counted (`unlisted_audio_pes`) and dropped, never written as the camera's sound. The timeline's gaps
+in force lists first is the camera's sound: audio PES of any other stream id (one the PSM does not list)
+are counted (`unlisted_audio_pes`) and dropped, never written as the camera's sound. The feed follows the
+camera's PSM as it changes: a new one that renumbers the sound (0xC0 -> 0xC1) is the sound's stream from
+there on; one that gives it in the other G.711 law has it converted sample by sample into the run's law
+(:mod:`edge.rooms.g711`: the raw pipe's format is the run's; `audio_input`, `converted_audio_pes`); one
+that gives it in a codec the raw pipe cannot carry ends the run with an `audio-codec-changed` reason naming
+both (never a gap saying received sound was missing); the next run reads the new PSM. Received sound the
+timeline drops (a drifting clock, overlaps, repeats) is in `status`, and said on the log once a run past
+DROPPED_NOTICE_SHARE of it. The timeline's gaps
 (opened as soon as the sound is lost, closed when it is back) go to `on_audio_gap` as they come; at the
 run's end (the channel's end, the feed's own end, or the pump cancelled: ffmpeg's exit, the session's
 stop) :meth:`GbRunFeed.finish_audio` closes one still open.
