@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import os
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -71,3 +74,41 @@ async def test_a_1xx_flood_after_the_body_ends_at_the_answer_deadline(
         with pytest.raises(error, match=said):
             await sender.send("PATCH", server.url(), {}, b"x", timeout_s=2.0)
         assert sender.threads_busy == 0
+
+
+async def test_cancelling_in_a_stalled_tls_handshake_or_connect_is_prompt(pki: TestPki) -> None:  # noqa: F811
+    """A server that accepts and never speaks TLS, and one whose backlog is full (SYNs dropped): with a
+    600 s timeout, cancelling the request ends its thread at once (the socket is shut down under it)."""
+    client_context = client_ssl_context(pki.client(STATION))
+
+    async def silent(connection: object) -> None:
+        await asyncio.Event().wait()
+
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue of a listener that never accepts
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(full.getsockname())
+        fillers.append(filler)
+    try:
+        async with (
+            ScriptedServer(silent) as mute,
+            BlockingBodySender(ssl_context=client_context, max_connections=2) as sender,
+        ):
+            for url in (mute.url().replace("http://", "https://"),
+                        f"https://127.0.0.1:{full.getsockname()[1]}/v1/uploads/u1"):
+                request = asyncio.create_task(sender.send("PATCH", url, {}, b"x", timeout_s=600.0))
+                done, _ = await asyncio.wait({request}, timeout=1.0)
+                assert not done, "the request must still be waiting"
+                request.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(request, 60)
+                assert sender.threads_busy == 0
+    finally:
+        for filler in fillers:
+            filler.close()
+        full.close()
