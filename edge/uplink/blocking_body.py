@@ -20,18 +20,28 @@ What it keeps of the aiohttp path:
   down when it passes, so a server dripping its answer a byte at a time cannot hold the request);
 - cancellation: the loop shuts the socket down (the kernel refuses every later write of the thread),
   cancels a pending ``pace``, and waits for the thread to finish before the cancellation goes on;
-- an early answer (a refusal sent before the body ended) stops the body and is read, as aiohttp reads
-  the answer while it writes;
-- keep-alive: a connection whose exchange ended cleanly (whole body sent, answer read to its end, no
-  ``Connection: close``) is kept for the next request to the same origin; one the server closed or
-  wrote to while idle is discarded; at most ``max_connections`` to the central at once, in flight
-  or idle.
+- interim answers: every 1xx but 101 is skipped, as aiohttp does and RFC 9110 15.2 requires (``http.client``
+  alone skips only 100), before and after the body's end; at most :data:`MAX_INTERIM_ANSWERS` of them,
+  and all within the answer's deadline;
+- an early answer (a final answer sent before the body ended: a refusal) stops the body and is read, as
+  aiohttp reads the answer while it writes; an interim answer during the body does not stop it;
+- keep-alive: a connection is kept for the next request to the same origin only when its exchange ended
+  without doubt: the whole body sent, an HTTP/1.1 final answer read to its end with unambiguous framing
+  (at most one ``Content-Length``, no ``Transfer-Encoding`` but a lone ``chunked``, not both), no ``close``
+  in any ``Connection`` header, not a 101, nothing after the answer. One the server closed or wrote to
+  while idle is discarded; at most ``max_connections`` to the central at once, in flight or idle.
 
-Every byte of the answer is hostile until checked: the status line and headers are parsed by
-``http.client`` (a line at most 64 KiB, at most 100 headers) and their total is bounded here
-(:data:`MAX_ANSWER_HEAD_BYTES`); at most :data:`~edge.uplink.tus_answer.MAX_ANSWER_BODY_BYTES` of the
-body is read (a longer body costs the connection, not memory). Failures are the wire's own exceptions
-(``OSError``, ``ssl.SSLError``, ``TimeoutError``, ``http.client.HTTPException``) for the caller to map.
+Every byte of the answer is hostile until checked: status lines and headers are parsed by ``http.client``
+(a line at most 64 KiB, at most 100 headers in a head), and the heads of one exchange (interim answers and
+the final one) are read line by line against :data:`MAX_ANSWER_HEAD_BYTES` in all: reading stops at the
+first line past it (at most one more line of 64 KiB is read). At most
+:data:`~edge.uplink.tus_answer.MAX_ANSWER_BODY_BYTES` of the body is read (a longer body costs the
+connection, not memory). Failures are the wire's own exceptions (``OSError``, ``ssl.SSLError``,
+``TimeoutError``, ``http.client.HTTPException``) for the caller to map.
+
+Not interruptible: resolving the central's name (``getaddrinfo`` in the worker thread). A cancellation
+during it waits for the resolver, bounded by the resolver's own timeout (resolv.conf ``timeout`` and
+``attempts``: 5 s and 2 by default, per name server); the request then ends before connecting.
 """
 
 from __future__ import annotations
@@ -55,13 +65,24 @@ from yarl import URL
 
 from edge.uplink.tus_answer import MAX_ANSWER_BODY_BYTES, HeaderList, TusAnswer
 
-__all__ = ["MAX_ANSWER_HEAD_BYTES", "PIECE_BYTES", "AnswerTooLarge", "BlockingBodySender", "TruncatedAnswer"]
+__all__ = [
+    "MAX_ANSWER_HEAD_BYTES",
+    "MAX_INTERIM_ANSWERS",
+    "PIECE_BYTES",
+    "AnswerTooLarge",
+    "BlockingBodySender",
+    "TooManyInterimAnswers",
+    "TruncatedAnswer",
+]
 
 log = logging.getLogger(__name__)
 
 PIECE_BYTES: Final = 256 * 1024
 """Bytes written (and paced) at a time: the unit of the stall deadline and the rate limit."""
 MAX_ANSWER_HEAD_BYTES: Final = 64 * 1024
+"""Bytes of status lines and headers of one exchange, interim answers included."""
+MAX_INTERIM_ANSWERS: Final = 16
+"""Interim (1xx) answers skipped before the final one; more is a hostile server (or proxy)."""
 _EARLY_READ_BYTES: Final = 64 * 1024
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _FIELD_VALUE_RE: Final = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, space and tab: no CR, LF, NUL
@@ -72,7 +93,11 @@ _Origin = tuple[str, str, int]
 
 
 class AnswerTooLarge(http.client.HTTPException):
-    """The answer's headers are larger than :data:`MAX_ANSWER_HEAD_BYTES` in all."""
+    """The answer's heads are larger than :data:`MAX_ANSWER_HEAD_BYTES` in all."""
+
+
+class TooManyInterimAnswers(http.client.HTTPException):
+    """More than :data:`MAX_INTERIM_ANSWERS` interim (1xx) answers before the final one."""
 
 
 class TruncatedAnswer(http.client.HTTPException):
@@ -251,11 +276,8 @@ def _request_head(method: str, url: URL, headers: Mapping[str, str], length: int
     target = url.raw_path_qs or "/"
     if not _FIELD_VALUE_RE.fullmatch(target) or " " in target or "\t" in target:
         raise ValueError("the request target has characters HTTP does not allow")
-    host = url.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal
-    if not url.is_default_port():
-        host = f"{host}:{url.port}"
+    # As aiohttp writes it: an IPv6 literal in brackets, no default port, no trailing dot of an absolute name.
+    host = url.host_port_subcomponent or ""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
     for name, value in headers.items():
         if not _TOKEN_RE.fullmatch(name):
@@ -409,7 +431,9 @@ class _Exchange:
                     raw.close()
                     raise _Aborted("the request was cancelled")
                 # wrap_socket moves the descriptor into the SSLSocket: hold that one from here on.
-                tls = self._context.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+                tls = self._context.wrap_socket(
+                    raw, server_hostname=_tls_server_name(host), do_handshake_on_connect=False
+                )
                 self._sock = tls
             tls.do_handshake()  # bounded by the timeout as a whole, not per record
             return tls
@@ -448,8 +472,10 @@ class _Exchange:
                 self._pacing = None
 
     def _answered_early(self, sock: socket.socket, poller: select.poll) -> bool:
-        """Whether the server said something before the body's end: an early refusal, or its end of
-        the connection. A TLS record without application data (a TLS 1.3 session ticket) is not."""
+        """Whether the server answered before the body's end: a final answer (an early refusal), bytes
+        that are no interim answer, or its end of the connection. Interim answers (a 100 Continue nobody
+        asked for, a 102) are not, nor is a TLS record without application data (a TLS 1.3 session
+        ticket). What was read is kept for the answer's reader, which skips the interim answers."""
         if not poller.poll(0) and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             return False
         sock.settimeout(0.0)
@@ -459,27 +485,22 @@ class _Exchange:
             return False
         finally:
             sock.settimeout(self._timeout_s)
-        self._early = data
-        return True
+        if not data:
+            return True  # the server ended its side
+        self._early += data
+        return not _only_interim(self._early)
 
     def _read_answer(self, sock: socket.socket) -> tuple[TusAnswer, bool]:
         """(the answer, whether the connection may carry another request)."""
         source = _AnswerSource(self._early, sock, self._timeout_s)
-        response = http.client.HTTPResponse(cast(socket.socket, source), method=self._method)
         try:
-            response.begin()
-            if source.stream.ended:
-                # A complete head ends with an empty line, read without asking for more: the connection
-                # ended inside it (a truncated "Upload-Offset: 12" must not pass for an offset).
-                raise TruncatedAnswer("the connection ended inside the answer's headers")
+            response = self._final_head(source)
             pairs = response.msg.items()
-            if sum(len(name) + len(value) + 4 for name, value in pairs) > MAX_ANSWER_HEAD_BYTES:
-                raise AnswerTooLarge(f"the answer's headers are larger than {MAX_ANSWER_HEAD_BYTES} bytes")
             body, whole = self._read_body(response)
             # Bytes after the answer are nothing any request asked for: the connection goes.
-            reusable = whole and not response.will_close and not source.file.has_more()
-        finally:
+            reusable = whole and _may_carry_another(response) and not source.file.has_more()
             response.close()
+        finally:
             source.file.close_for_good()
         with self._lock:
             if self._aborted:
@@ -488,6 +509,22 @@ class _Exchange:
                     raise TimeoutError(f"no complete answer within {self._timeout_s:g} s of the body")
                 raise _Aborted("the request was cancelled")
         return TusAnswer(response.status, HeaderList(pairs), body), reusable
+
+    def _final_head(self, source: _AnswerSource) -> http.client.HTTPResponse:
+        """The final answer's status line and headers, past every interim answer (``http.client`` skips
+        a 100 itself, the others here; the answer file counts them all and their bytes)."""
+        while True:
+            response = http.client.HTTPResponse(cast(socket.socket, source), method=self._method)
+            response.begin()
+            if source.stream.ended:
+                # A complete head ends with an empty line, read without asking for more: the connection
+                # ended inside it (a truncated "Upload-Offset: 12" must not pass for an offset).
+                raise TruncatedAnswer("the connection ended inside the answer's headers")
+            if not _is_interim(response.status):
+                source.file.heads_done()
+                return response
+            log.debug("skipped an interim answer (%d)", response.status)
+            response.close()  # no body: the next head follows on the same file
 
     def _read_body(self, response: http.client.HTTPResponse) -> tuple[bytes, bool]:
         """At most MAX_ANSWER_BODY_BYTES of the body, and whether that was all of it. A body that fails
@@ -507,6 +544,92 @@ async def _pace_on_loop(pace: Pace, n: int) -> None:
     await pace(n)  # called here, on the loop: the limiter is the loop's
 
 
+def _tls_server_name(host: str) -> str:
+    """The name the certificate is checked against: an absolute name's trailing dot dropped, as aiohttp
+    drops it (certificates name hosts without it)."""
+    return host[:-1] if host.endswith(".") and len(host) > 1 else host
+
+
+# ----------------------------------------------------------------------------------- interim answers
+
+
+def _is_interim(status: int) -> bool:
+    """RFC 9110 15.2: a 1xx precedes the final answer. A 101 (switching protocols, which no request here
+    asks for) is final, as aiohttp takes it: the connection speaks something else after it."""
+    return 100 <= status < 200 and status != 101
+
+
+def _status_of(line: bytes) -> int | None:
+    """The status of a complete status line as ``http.client`` reads it, None when it reads none."""
+    parts = line.decode("iso-8859-1").split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        return None
+    try:
+        status = int(parts[1])
+    except ValueError:
+        return None
+    return status if 100 <= status <= 999 else None
+
+
+_FINAL_STATUS_START_RE: Final = re.compile(rb"HTTP/\d\.\d +[2-9]")
+
+
+def _only_interim(early: bytes) -> bool:
+    """Whether what the server sent before the body's end is interim answers only (the last one maybe
+    still arriving). Anything else stops the body and goes to the answer's reader, which names it: a
+    final answer, bytes that are no HTTP, more interim answers or bytes than the reader takes."""
+    if len(early) > MAX_ANSWER_HEAD_BYTES:
+        return False
+    heads = 0
+    at = 0
+    while at < len(early):
+        heads += 1
+        if heads > MAX_INTERIM_ANSWERS:
+            return False
+        line_end = early.find(b"\n", at) + 1
+        if line_end == 0:  # a status line still arriving: undecided unless it already cannot be interim
+            partial = early[at:]
+            return partial.startswith(b"HTTP/"[: len(partial)]) and not _FINAL_STATUS_START_RE.match(partial)
+        status = _status_of(early[at:line_end])
+        if status is None or not _is_interim(status):
+            return False
+        at = _end_of_head(early, line_end)
+        if at < 0:
+            return True  # the rest of this interim answer's headers is still coming
+    return True
+
+
+def _end_of_head(data: bytes, at: int) -> int:
+    """Where the head whose header lines start at ``at`` ends (after its empty line), -1 if not yet."""
+    while True:
+        line_end = data.find(b"\n", at) + 1
+        if line_end == 0:
+            return -1
+        if data[at:line_end] in (b"\r\n", b"\n"):
+            return line_end
+        at = line_end
+
+
+# ---------------------------------------------------------------------------------------- keep-alive
+
+
+def _may_carry_another(response: http.client.HTTPResponse) -> bool:
+    """Whether the final answer leaves no doubt where it ended, so that the next answer on the connection
+    is the next request's (else a request could read its predecessor's answer as its own)."""
+    msg = response.msg
+    if response.version != 11 or response.status == 101 or response.will_close:
+        return False
+    # http.client reads the first Connection header only: a close in another one counts too.
+    for value in msg.get_all("connection") or []:
+        if any(token.strip().lower() == "close" for token in value.split(",")):
+            return False
+    encodings = msg.get_all("transfer-encoding") or []
+    lengths = msg.get_all("content-length") or []
+    if encodings and (lengths or len(encodings) > 1 or encodings[0].strip().lower() != "chunked"):
+        return False
+    return len(lengths) <= 1 and all(length.strip().isdigit() for length in lengths)
+
+
 class _AnswerSource:
     """What ``http.client.HTTPResponse`` reads the answer from (its ``makefile``): the bytes read early,
     then the socket."""
@@ -521,7 +644,40 @@ class _AnswerSource:
 
 class _AnswerFile(io.BufferedReader):
     """The buffered answer. ``HTTPResponse`` closes it when the answer ends; it stays open (the socket is
-    not its to close) so that the exchange can ask whether anything followed the answer."""
+    not its to close) so that the exchange can ask whether anything followed the answer.
+
+    Until :meth:`heads_done` it counts the lines ``http.client`` reads (status lines and headers, of the
+    interim answers and the final one): more than :data:`MAX_ANSWER_HEAD_BYTES` of them, or more status
+    lines than :data:`MAX_INTERIM_ANSWERS` interim ones and the final one, end the answer."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        super().__init__(raw)
+        self._in_heads = True
+        self._head_bytes = 0
+        self._status_lines = 0
+        self._next_is_status_line = True
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        if not self._in_heads:
+            return super().readline(size)
+        if self._head_bytes > MAX_ANSWER_HEAD_BYTES:
+            # Checked before the next line rather than after this one: a line over http.client's own
+            # bound is its LineTooLong.
+            raise AnswerTooLarge(f"the answer's headers are larger than {MAX_ANSWER_HEAD_BYTES} bytes")
+        if self._next_is_status_line:
+            self._status_lines += 1
+            if self._status_lines > MAX_INTERIM_ANSWERS + 1:
+                raise TooManyInterimAnswers(f"more than {MAX_INTERIM_ANSWERS} interim answers")
+        line = super().readline(size)
+        self._head_bytes += len(line)
+        self._next_is_status_line = line in (b"\r\n", b"\n")
+        return line
+
+    def heads_done(self) -> None:
+        """The final answer's head is read: what follows is its body."""
+        if self._head_bytes > MAX_ANSWER_HEAD_BYTES:
+            raise AnswerTooLarge(f"the answer's headers are larger than {MAX_ANSWER_HEAD_BYTES} bytes")
+        self._in_heads = False
 
     def close(self) -> None:
         pass

@@ -952,12 +952,15 @@ class TusClient:
     def _interrupted(
         self, request: str, url: str | None, exc: BaseException, offset: int | None, bytes_sent: int
     ) -> UploadInterrupted:
-        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        # The reason may quote what the server sent (http.client's BadStatusLine carries the status line
+        # as received): sanitised before it goes anywhere, the log included.
+        raw = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        reason = _sanitise(raw, _MAX_DETAIL_CHARS)
         where = f" upload {_upload_id(url)}" if url else ""
         # DEBUG: the uplink retries and summarises its failures (edge.runtime.retrylog), with this reason.
         log.debug("%s%s interrupted: %s", request, where, reason)
         return UploadInterrupted(
-            f"{request}{where} interrupted: {_sanitise(reason, _MAX_DETAIL_CHARS)}",
+            f"{request}{where} interrupted: {reason}",
             url=url,
             offset=offset,
             bytes_sent=bytes_sent,
