@@ -44,7 +44,9 @@ async def _head_statuses(central: HttpCentral, bundle: object, station: FakeStat
     return statuses
 
 
-async def test_control_a_few_refusals_are_each_recorded(tls_central: HttpCentral, station: FakeStation) -> None:
+async def test_control_a_few_refusals_are_each_recorded(
+    tls_central: HttpCentral, station: FakeStation
+) -> None:
     central = tls_central
     bundle = central.enroll_tls(station)
     central.store_index.revoke_station(station.station_id, "stolen")
