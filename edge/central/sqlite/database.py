@@ -14,10 +14,10 @@ index no longer stalls the loop (uploads, registrations, ``/healthz``) of a one-
 
 Reader connections run each statement to its end inside ``execute`` (:mod:`edge.central.sqlite.reads`), so
 no read transaction stays open while Python code holds a cursor: overlapping reads leave the WAL's
-checkpoint gaps to restart the log in, and ``journal_size_limit`` truncates it then (README "Embedded index
-files"). Each statement has its reader kind's time limit (PostgreSQL's statement timeouts: stations 10 s,
-console 30 s, configurable), and :meth:`SqliteDatabase.close` refuses the reads still queued and stops the
-running ones.
+checkpoint gaps to restart the log in, and ``journal_size_limit`` truncates it then (README "The central's
+database behind protocols"). Each statement has its reader kind's time limit (PostgreSQL's statement
+timeouts: stations 10 s, console 30 s, configurable), and :meth:`SqliteDatabase.close` refuses the reads
+still queued and stops the running ones.
 
 A read that records something (the authenticator's refusal, in the reader's thread) opens a transaction:
 its statements go to the read-write connection, as every transaction's do, under the writer mutex that
