@@ -53,6 +53,8 @@ Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
     die-mid-stream     the stream stops halfway: no more RTP, no 121, a TCP media connection is reset
     stall=N            the stream pauses halfway for N seconds (once per session), then goes on at its pace
     audio-drop=N       from halfway, N seconds of audio are not sent (once per session); the picture goes on
+    late-stall=N       as stall=N, a whole file's length after halfway (with audio-drop: a stall while the
+                       sound is missing)
 
 The packet faults are seeded (`--seed`): the same seed drops, swaps and repeats the same packets, and
 `MediaSession.stats` names their sequence numbers. The packet faults act on TCP media too (a device whose

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="faults (several after one --fault, or --fault repeated): wrong-password, "
                         "no-121, different-y, missing-y, "
                         "ssrc-mismatch, loss=P, reorder=P, duplicate=P, nat-rebind, gb2312-name, "
-                        "split-recordinfo, slow, die-mid-stream, stall=SECONDS")
+                        "split-recordinfo, slow, die-mid-stream, stall=SECONDS, audio-drop=SECONDS, "
+                        "late-stall=SECONDS")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 

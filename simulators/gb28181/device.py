@@ -640,6 +640,9 @@ class SimulatedDevice:
         if s.has(Fault.STALL):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
             stall = (max(1, int(frames // 2)), s.seconds(Fault.STALL))
+        elif s.has(Fault.LATE_STALL):
+            frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
+            stall = (max(1, int(frames * 3 // 2)), s.seconds(Fault.LATE_STALL))
         audio_drop: tuple[int, float] | None = None
         if s.has(Fault.AUDIO_DROP):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0

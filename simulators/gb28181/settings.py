@@ -29,12 +29,15 @@ class Fault(StrEnum):
     DIE_MID_STREAM = "die-mid-stream"  # stops a stream halfway: no more RTP, no 121, TCP dropped
     STALL = "stall"  # pauses a stream halfway for N seconds (`stall=2`), then goes on (an encoder hanging)
     AUDIO_DROP = "audio-drop"  # sends no audio for N seconds from halfway (`audio-drop=2`); video goes on
+    # Pauses a stream for N seconds once, a whole file's length after halfway (`late-stall=3`): with
+    # audio-drop, a stall while the sound is already missing.
+    LATE_STALL = "late-stall"
 
 
 # Faults that take a probability (`loss=0.05`); the others are bare names.
 PROBABILITY_FAULTS = frozenset({Fault.LOSS, Fault.REORDER, Fault.DUPLICATE})
 # Faults that take seconds (`stall=2`).
-SECONDS_FAULTS = frozenset({Fault.STALL, Fault.AUDIO_DROP})
+SECONDS_FAULTS = frozenset({Fault.STALL, Fault.AUDIO_DROP, Fault.LATE_STALL})
 MAX_FAULT_SECONDS = 3600.0
 
 
