@@ -206,7 +206,9 @@ def test_a_status_without_a_warning_says_nothing_of_space() -> None:
     assert "DISK" not in _describe("status", {"rooms": [], "space": None})
 
 
-async def test_an_unreadable_disk_is_shown_as_unknown_with_its_error_until_it_reads_again(tmp_path: Path) -> None:
+async def test_an_unreadable_disk_is_shown_as_unknown_with_its_error_until_it_reads_again(
+    tmp_path: Path,
+) -> None:
     free: list[int | None] = [50 << 30, None, 40 << 30]
 
     def read_free(path: Path) -> int:
