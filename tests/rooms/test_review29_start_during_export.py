@@ -5,8 +5,8 @@ books it (then in edge.rooms.export._RUNNING, since review rev11e in the store's
 edge.ingest.kept_space, where docking copies book too) so a second export sees it. RoomService.start
 reads the store's free bytes (service.py, `free < needed`) and never subtracts _RUNNING: an export that
 passed its check with no room recording, and has not yet written its staging, leaves a start the same
-free figure. Both pass; the export then stages out of the session's start_min_free_bytes (the very case review 28 #3 closed for
-export-after-start). free_bytes is pinned here so the check is exact; no ffmpeg runs before the check.
+free figure. Both pass; the export then stages out of the session's start_min_free_bytes (the very case
+review 28 #3 closed for export-after-start). free_bytes is pinned here so the check is exact; no ffmpeg runs before the check.
 """
 
 from __future__ import annotations
