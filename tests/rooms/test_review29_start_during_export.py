@@ -2,11 +2,11 @@
 
 RoomService.export checks its staging against the free space and the rooms recording *at its start*, and
 books it (then in edge.rooms.export._RUNNING, since review rev11e in the store's one booking ledger,
-edge.ingest.kept_space, where docking copies book too) so a second export sees it. RoomService.start
-reads the store's free bytes (service.py, `free < needed`) and never subtracts _RUNNING: an export that
-passed its check with no room recording, and has not yet written its staging, leaves a start the same
-free figure. Both pass; the export then stages out of the session's start_min_free_bytes (the very case
-review 28 #3 closed for export-after-start). free_bytes is pinned here so the check is exact; no ffmpeg runs before the check.
+edge.ingest.kept_space, where docking copies book too) so a second export sees it. RoomService.start reads
+the store's free bytes (service.py, `free < needed`) and never subtracts _RUNNING: an export that passed its
+check with no room recording, and has not yet written its staging, leaves a start the same free figure. Both
+pass; the export then stages out of the session's start_min_free_bytes (the very case review 28 #3 closed
+for export-after-start). free_bytes is pinned here so the check is exact; no ffmpeg runs before the check.
 """
 
 from __future__ import annotations
