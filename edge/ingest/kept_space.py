@@ -143,6 +143,11 @@ class KeptSpace:
             if booking in self._bookings:
                 self._bookings.remove(booking)
 
+    def set_remaining(self, booking: Booking, remaining: int) -> None:
+        """What `booking` has still to write is `remaining` now (a writer whose size grows as it comes)."""
+        with self._lock:
+            booking.remaining = max(0, remaining)
+
     def wrote(self, booking: Booking, count: int) -> None:
         """`count` more bytes of `booking` are written: in the free figure from now on."""
         with self._lock:

@@ -785,8 +785,10 @@ class RoomService:
     # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
 
     async def attach(self, session_id: str, chunks: AsyncIterable[bytes], *, kind: object, name: object,
-                     by: str) -> dict[str, Any]:
-        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
+                     by: str, expected_bytes: int | None = None) -> dict[str, Any]:
+        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped; refused (507)
+        when the store's disk has no room for it beside what the rooms recording hold (it can wait: a
+        stopped session takes documents). `expected_bytes`: its size as the request says it."""
         session = await self._known_session(session_id, "attach", by)
         try:
             async with self._attach_lock:  # one at a time: each counts what the ones before it took
@@ -795,7 +797,8 @@ class RoomService:
                     work_dir=products_dir(self.store.layout.root, session.session),
                     station_id=self.station_id, clock_synchronised=self.clock_synchronised(),
                     max_count=self.settings.max_documents_per_session,
-                    max_total_bytes=self.settings.max_document_bytes_per_session)
+                    max_total_bytes=self.settings.max_document_bytes_per_session,
+                    expected_bytes=expected_bytes)
         except DocumentRefused as exc:
             await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
 
