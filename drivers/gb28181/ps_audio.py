@@ -6,8 +6,10 @@ ffmpeg 5.1's PS demuxer takes a GB camera's G.711 audio (PES 0xC0, PSM stream ty
 it is not mapped (research notes section 7). `PsAudioSplitter.feed(data)` therefore passes the program
 stream on byte for byte except that every audio PES becomes a padding packet of the same length (stream id
 0xBE: every demuxer skips it; the pack structure, the SCRs and the video are untouched), and hands out each
-audio PES it replaced as an `AudioPes` (its codec from the last PSM, its PTS, its payload), with the PTS of
-each video PES (`SplitOutput.video_pts`) to align them. A new or changed PSM is `SplitOutput.stream_map`.
+audio PES it replaced as an `AudioPes` (its codec from the last PSM, its PTS, its payload, whether its stream
+is the one that PSM lists first), with the PTS of each video PES (`SplitOutput.video_pts`) to align them. A
+new or changed PSM is `SplitOutput.stream_map`; the PES after it are read by it (a camera may renumber its
+sound or change its codec at a key frame).
 
 Bytes that are not a PS structure where one must begin (loss, garbage) are passed on as they are, up to the
 next pack header (ffmpeg's own resynchronisation takes them: `+discardcorrupt`); an audio PES whose length
@@ -45,12 +47,14 @@ VIDEO_HEADER_BYTES = 64
 @dataclass(frozen=True)
 class AudioPes:
     """One audio PES taken out of the program stream: `codec` as the last PSM said (UNKNOWN without one),
-    `pts` in 90 kHz units as it carried it (33 bits), `data` its payload."""
+    `pts` in 90 kHz units as it carried it (33 bits), `data` its payload; `primary`: its stream is the
+    first audio stream the last PSM lists (the camera's sound; a new PSM may renumber it)."""
 
     stream_id: int
     codec: Codec
     pts: int | None
     data: bytes
+    primary: bool = False
 
 
 @dataclass
@@ -80,6 +84,7 @@ class PsAudioSplitter:
         self._unbounded = False  # inside a video PES of length 0: it ends at the next start code >= 0xB9
         self._synced = True  # a consumer of the live layer begins at a pack header
         self._codecs: dict[int, Codec] = {}
+        self._primary_audio: int | None = None  # the first audio stream id the last PSM lists
         self.stream_map: StreamMap | None = None
         self.audio_pes = 0
         self.damaged_audio = 0
@@ -272,6 +277,7 @@ class PsAudioSplitter:
             out.stream_map = stream_map
         self.stream_map = stream_map
         self._codecs = {s.stream_id: s.codec for s in stream_map.streams}
+        self._primary_audio = self.audio_stream_id()
 
     def _audio(self, code: int, end: int, passed: bytearray, out: SplitOutput) -> None:
         """The audio PES `_buffer[:end]`: its frame handed out, a padding packet of its length passed on."""
@@ -282,6 +288,6 @@ class PsAudioSplitter:
         else:
             self.audio_pes += 1
             out.media.append(AudioPes(code, self._codecs.get(code, Codec.UNKNOWN), header.pts,
-                                      bytes(buffer[header.payload_offset:end])))
+                                      bytes(buffer[header.payload_offset:end]), code == self._primary_audio))
         passed += START_CODE + bytes([PADDING_STREAM]) + buffer[4:6] + b"\xff" * (end - 6)
         del buffer[:end]

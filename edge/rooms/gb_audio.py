@@ -6,6 +6,16 @@ writes (``-f alaw|mulaw -ar 8000 -ac 1``). A raw stream has no timestamps: its s
 input, whose audio the agent took out) and every later sample where its PTS puts it:
 
 * audio before the first video frame is dropped; audio that starts after it is preceded by silence;
+* audio PES are written in PTS order: a hole right after real sound is held open (the PES after it kept)
+  until sound muxed late fills it, or `reorder_s` of sound came after it (or MAX_HELD PES wait, or the
+  lag fill or the run's end reaches it): only then is it a hole (two PES swapped lose nothing; `reordered`
+  counts PES that came after one their PTS puts after them);
+* a PES whose PTS is off where the sound is by less than half its own length (at most JITTER_S: a camera
+  stamping each packet with its capture time) is written right there, neither a hole nor an overlap; the
+  mean of those offsets is followed, and once it is more than DRIFT_SAMPLES (an audio clock not at 8000 Hz
+  stamped by the time) that many samples are dropped (counted in `clock_dropped_samples`) or filled;
+* a PES with the PTS and payload of one taken already (a muxer sending it twice) is dropped whole
+  (`duplicates`), never written again nor taken for a PTS set back;
 * a hole in the audio PTS (packets lost, a camera that stopped sending its sound) is filled with silence
   of exactly its length (A-law 0xD5, µ-law 0xFF), never by stretching what came;
 * the sound never falls more than `lag_s` behind the picture: while no audio comes, silence is written up
@@ -17,18 +27,22 @@ input, whose audio the agent took out) and every later sample where its PTS puts
   audio's PTS shifted by it, counted in `rebases`, the shift in `shift_s`; the lag allowed grows with
   it, up to `max_lag_s`, so that the fill does not overtake it again); a PTS set back for good (more
   than `rebase_s` into sound already written) is a re-base too. Only a small overlap of real sound (a
-  repeated packet, a PTS going back a little) has its overlapping samples dropped (`dropped_samples`);
-* a hole is filled only up to the latest video PTS plus `lag_s`: an audio PTS further ahead of the
+  PTS going back a little) has its overlapping samples dropped. `dropped_samples` counts all received
+  sound not written, whatever the cause (`dropped_share()` its share);
+* a hole is filled only up to the latest video PTS plus `lead_s`: an audio PTS further ahead of the
   picture (a damaged or hostile PES header, an audio clock set on) is a jump, not a hole: the sound goes
-  on where it is (re-based, counted in `jumps`), so the raw sound never runs ahead of the picture;
+  on where it is (re-based, counted in `jumps`); and no sound is written beyond it either: an audio clock
+  faster than the picture's stamped by its sample count (8050 Hz for 8000) has what would run further
+  dropped from the start of its PES (`clock_dropped_samples`), so the raw sound never runs more than
+  `lead_s` ahead of the picture (ffmpeg, interleaving by time, would leave it in the pipe);
 * a video timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of
   apart) is no hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS
   inputs, 10 s), so the audio goes on where it is (counted in `jumps`).
 
 Loss is a gap in the record like video loss. The sound is judged lost (an :class:`AudioGapOpened` as soon
 as it is) from the first silence of a run of silence `report_s` long, or of a window of `window_s` of
-sound more than half filled with silence (many short holes: a camera losing most of its packets); it is
-found again (an :class:`AudioGap`, closed, with the silence within it) at the first real sound after
+sound at least half filled with silence (many short holes: a camera losing half its packets or more); it
+is found again (an :class:`AudioGap`, closed, with the silence within it) at the first real sound after
 which `recover_s` of sound comes with no silence in it. Station times are mapped from the PTS by the
 latest video frame's arrival. A short hole (a lost packet) is filled and counted (`filled_samples`) only.
 `finish()` (the run's end, or the session's stop) closes a gap still open (`ongoing_at_end`).
@@ -36,6 +50,9 @@ latest video frame's arrival. A short hole (a lost packet) is filled and counted
 
 from __future__ import annotations
 
+import bisect
+import zlib
+from collections import deque
 from dataclasses import dataclass
 
 from drivers.gb28181.ps import Codec
@@ -53,6 +70,14 @@ MAX_LAG_S = 5.0  # the most the lag allowed grows to follow a camera that muxes 
 LAG_MARGIN_S = 0.5  # the lag allowed, beyond a late camera's measured lag
 REBASE_S = 0.1  # real sound written over by more than this is a PTS set back: a re-base, not a repeat
 MAX_JUMP_S = 10.0  # ffmpeg's dts_delta_threshold: a larger jump is a re-based clock, not a hole
+LEAD_S = 1.0  # the sound is never written more than this ahead of the latest picture
+REORDER_S = 0.2  # a hole after real sound waits this much of the sound after it for PES muxed late ...
+MAX_HELD = 16  # ... and at most this many PES
+JITTER_S = 0.04  # a PES this close (and under half its length) to where the sound is: written there
+JITTER_SAMPLES = round(JITTER_S * SAMPLE_RATE_HZ)
+PHASE_PES = 16  # the PTS's mean offset from the written sound: averaged over about this many PES
+DRIFT_SAMPLES = 16  # ... and corrected (samples dropped or silence) once it is more than this (2 ms)
+RECENT_PES = 32  # PES remembered to know one sent twice
 DEFAULT_FRAME_TICKS = 3600  # 25 fps, until two video PTS give the stream's own step
 
 
@@ -86,7 +111,8 @@ class AudioTimeline:
 
     def __init__(self, codec: Codec, *, report_s: float = REPORT_S, lag_s: float = LAG_S,
                  max_jump_s: float = MAX_JUMP_S, window_s: float = WINDOW_S,
-                 recover_s: float = RECOVER_S, max_lag_s: float = MAX_LAG_S) -> None:
+                 recover_s: float = RECOVER_S, max_lag_s: float = MAX_LAG_S, lead_s: float = LEAD_S,
+                 reorder_s: float = REORDER_S) -> None:
         if codec not in SILENCE:
             raise ValueError(f"no raw G.711 format for {codec}")
         self.codec = codec
@@ -96,8 +122,10 @@ class AudioTimeline:
         self._recover_samples = round(recover_s * SAMPLE_RATE_HZ)
         self._lag_ticks = round(lag_s * CLOCK_HZ)
         self._max_lag_ticks = max(self._lag_ticks, round(max_lag_s * CLOCK_HZ))
+        self._lead_ticks = round(lead_s * CLOCK_HZ)
         self._max_jump_ticks = round(max_jump_s * CLOCK_HZ)
         self._rebase_samples = round(REBASE_S * SAMPLE_RATE_HZ)
+        self._reorder_samples = round(reorder_s * SAMPLE_RATE_HZ)
         self._last_raw: int | None = None  # the last PTS seen (either stream: one clock), as carried
         self._last_unwrapped = 0
         self._origin: int | None = None  # the first video PTS (unwrapped): sample 0
@@ -108,6 +136,11 @@ class AudioTimeline:
         self._frame_ticks = DEFAULT_FRAME_TICKS
         self.samples = 0  # samples written (the raw stream's clock)
         self._real_end = 0  # the end of the last real sound written
+        self._real_written = False
+        self._phase = 0.0  # the PTS's mean offset from where the sound is written, in samples (jitter out)
+        self._held: list[tuple[int, int, bytes]] = []  # (position less the shift, arrival, data) by position
+        self._arrivals = 0
+        self._recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_PES)  # (PTS, length, CRC-32)
         self._silence_from: int | None = None  # the sample where the current run of silence began
         self._window_from = 0  # the current window of sound and the silence in it
         self._window_filled = 0
@@ -118,8 +151,12 @@ class AudioTimeline:
         self._closed_at = 0  # where the last gap closed (the next begins no earlier)
         self._events: list[AudioGapEvent] = []  # reported, not yet taken (take_events)
         self.frames = 0
+        self.real_samples = 0  # received sound written
         self.filled_samples = 0
-        self.dropped_samples = 0  # overlapping real sound, or before the first video frame
+        self.dropped_samples = 0  # received sound not written, whatever the cause (the ones below too)
+        self.duplicates = 0  # PES dropped whole: the same PTS and payload as one taken already
+        self.clock_dropped_samples = 0  # dropped to keep a drifting audio clock with the picture
+        self.reordered = 0  # PES that came after one their PTS puts after them (written in PTS order)
         self.jumps = 0
         self.rebases = 0
 
@@ -142,6 +179,11 @@ class AudioTimeline:
     def lag_s(self) -> float:
         """How far behind the picture the sound may fall now."""
         return self._lag_ticks / CLOCK_HZ
+
+    def dropped_share(self) -> float:
+        """The share of the sound received that was not written (0 with none received)."""
+        received = self.real_samples + self.dropped_samples
+        return self.dropped_samples / received if received else 0.0
 
     def take_events(self) -> list[AudioGapEvent]:
         """Gaps opened and closed since the last call, in order."""
@@ -172,54 +214,142 @@ class AudioTimeline:
         self._video_at = max(at, self._video_at or at)
         self._video_arrived_ns = arrived_ns
         behind = self._samples_at(self._video_at - self._lag_ticks)
-        return self._fill(behind - self.samples) if behind > self.samples else b""
+        if behind <= self.samples:
+            return b""
+        out = bytearray()
+        self._drain(out, force=True)  # a hole still waiting for its sound is given up first
+        if behind > self.samples:
+            out += self._fill(behind - self.samples)
+        return bytes(out)
 
     def audio(self, pts: int | None, data: bytes) -> bytes:
-        """An audio frame (its PES's PTS, None: right after the previous one) as bytes to write."""
+        """An audio frame (its PES's PTS, None: right after the previous one) as bytes to write (sound
+        held to be put in PTS order comes out of a later call)."""
         if self._origin is None or self._video_at is None or not data:
             self.dropped_samples += len(data)
             return b""
         self.frames += 1
+        if pts is not None:
+            fingerprint = (pts, len(data), zlib.crc32(data))
+            if fingerprint in self._recent:  # a PES sent twice: not more sound, nor a PTS set back
+                self.duplicates += 1
+                self.dropped_samples += len(data)
+                return b""
+            self._recent.append(fingerprint)
         if pts is None:
-            start = self.samples
+            start = self._held_end() if self._held else self.samples
         else:
             start = self._samples_at(self._unwrap(pts) - self._origin + self._offset) + self._shift
         out = bytearray()
-        ahead_limit = self._samples_at(self._video_at + self._lag_ticks)
-        if start > self.samples + 1:  # a hole (one sample of rounding is none) ...
-            if start > ahead_limit or start - self.samples > self._samples_at(self._max_jump_ticks):
-                # ... or a PTS far ahead of the picture: a jump, the sound goes on where it is.
-                self._shift -= start - self.samples
-                self.jumps += 1
-            else:
-                out += self._fill(start - self.samples)
-        elif start < self.samples:
-            data = self._overlap(start, data)
-        if data:
-            self._real(len(data))
-            out += data
+        if self._held or (self._off_step(start, data) > 0 and self._may_hold(start)):
+            # A hole right after real sound, short enough for its sound to come still (PES muxed out of
+            # order): held, written in PTS order once it is filled or given up.
+            self._arrivals += 1
+            held = (start - self._shift, self._arrivals, data)
+            if self._held and held < self._held[-1]:
+                self.reordered += 1  # it came after sound its PTS puts after it
+            bisect.insort(self._held, held)
+        else:
+            self._place(start, data, out)
+        self._drain(out)
         return bytes(out)
 
     def finish(self) -> bytes:
-        """The run ended (or the session stopped): the sound filled up to the end of the last video frame;
-        a gap still open is closed there (`ongoing_at_end`)."""
+        """The run ended (or the session stopped): the sound held written, then filled up to the end of the
+        last video frame; a gap still open is closed there (`ongoing_at_end`)."""
         if self._video_at is None:
             return b""
+        out = bytearray()
+        self._drain(out, force=True)
         end = self._samples_at(self._video_at + self._frame_ticks)
-        out = self._fill(end - self.samples) if end > self.samples else b""
+        if end > self.samples:
+            out += self._fill(end - self.samples)
         self._window_end()
         if self._lost_from is not None:
             self._close(self.samples, ongoing=True)
         self._silence_from = None
-        return out
+        return bytes(out)
 
-    # -- internals -----------------------------------------------------------------------------------------
+    # -- placing the sound ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _jitter(count: int) -> int:
+        """How far (samples) a PES of `count` samples may start from where the sound is and be written
+        right there: under half its own length (more is a hole or an overlap), at most JITTER_S (one
+        sample of rounding always)."""
+        return max(1, min((count - 1) // 2, JITTER_SAMPLES))
+
+    def _off_step(self, start: int, data: bytes) -> int:
+        """How far `start` is from where the sound is (its mean jitter aside), beyond the jitter allowed:
+        > 0 a hole, < 0 an overlap, 0 on time."""
+        off = start - self.samples - round(self._phase)
+        allowed = self._jitter(len(data))
+        return off - allowed if off > allowed else off + allowed if off < -allowed else 0
+
+    def _may_hold(self, start: int) -> bool:
+        """A hole at `start` may wait for the sound muxed late: it follows real sound, and is no jump."""
+        return (self._real_written and self._real_end == self.samples
+                and not self._is_jump(start))
+
+    def _is_jump(self, start: int) -> bool:
+        """A PTS further ahead than the picture allows, or than a clock jump: not a hole to fill."""
+        assert self._video_at is not None
+        return (start > self._samples_at(self._video_at + self._lead_ticks)
+                or start - self.samples > self._samples_at(self._max_jump_ticks))
+
+    def _held_end(self) -> int:
+        position, _, data = self._held[-1]
+        return position + self._shift + len(data)
+
+    def _drain(self, out: bytearray, *, force: bool = False) -> None:
+        """Sound held written in PTS order: what fills the hole and follows; the hole itself given up
+        (silence) once REORDER_S of sound came after it, MAX_HELD PES wait, or `force`."""
+        while self._held:
+            position, _, data = self._held[0]
+            start = position + self._shift
+            if self._off_step(start, data) > 0 and not force and len(self._held) < MAX_HELD \
+                    and self._held_end() - self.samples <= self._reorder_samples:
+                return
+            self._held.pop(0)
+            self._place(start, data, out)
+
+    def _place(self, start: int, data: bytes, out: bytearray) -> None:
+        """Audio starting at `start`, written at the end of what is written."""
+        step = self._off_step(start, data)
+        if step == 0:  # on time, give or take jitter: written where the sound is
+            offset = start - self.samples
+            self._phase += (offset - self._phase) / PHASE_PES
+            if abs(self._phase) > DRIFT_SAMPLES:
+                # The PTS steadily off where the sound is written (an audio clock not at 8000 Hz, stamped
+                # by the time): the difference dropped from the sound, or filled with silence.
+                correction = round(self._phase)
+                if correction < 0:
+                    cut = min(-correction, len(data))
+                    data = data[cut:]
+                    self.dropped_samples += cut
+                    self.clock_dropped_samples += cut
+                    self._phase += cut
+                else:
+                    out += self._fill(correction, drift=True)
+                    self._phase -= correction
+        elif step > 0:
+            if self._is_jump(start):
+                # A PTS far ahead of the picture: a jump, the sound goes on where it is.
+                self._shift -= start - self.samples
+                self._phase = 0.0
+                self.jumps += 1
+            else:
+                out += self._fill(start - self.samples)  # a hole: silence of its exact length
+        else:
+            data = self._overlap(start, data)
+        if data:
+            out += self._real(data)
 
     def _overlap(self, start: int, data: bytes) -> bytes:
         """Audio starting at `start`, before what is written: what is left of `data` to write."""
         over_real = max(0, self._real_end - start)
         if over_real <= self._rebase_samples:
-            # A repeated packet or a PTS back a little: the samples of it already written go.
+            # A PTS back a little (a repeat is dropped before): the samples of it already written go.
             dropped = min(over_real, len(data))
             self.dropped_samples += dropped
             data, start = data[dropped:], start + dropped
@@ -229,10 +359,28 @@ class AudioTimeline:
             # Behind what is written (silence the lag fill put in its place, or a PTS set back for good):
             # the sound goes on where it is, and the lag it came with is allowed from here on.
             self._shift += self.samples - start
+            self._phase = 0.0
             self.rebases += 1
             lateness = (self._video_at or 0) - self._ticks(self.samples)
             wanted = lateness + round(LAG_MARGIN_S * CLOCK_HZ)
             self._lag_ticks = min(self._max_lag_ticks, max(self._lag_ticks, wanted))
+        return data
+
+    def _real(self, data: bytes) -> bytes:
+        """Real sound written at the end, never more than `lead_s` ahead of the picture: what would run
+        further (an audio clock faster than the picture's) is dropped from its start, and the sound after
+        it follows on (its PTS shifted by as much)."""
+        assert self._video_at is not None
+        over = self.samples + len(data) - self._samples_at(self._video_at + self._lead_ticks)
+        if over > 0:
+            cut = min(over, len(data))
+            data = data[cut:]
+            self._shift -= cut
+            self.dropped_samples += cut
+            self.clock_dropped_samples += cut
+            if not data:
+                return b""
+        self._write_real(len(data))
         return data
 
     def _unwrap(self, pts: int) -> int:
@@ -253,12 +401,15 @@ class AudioTimeline:
     def _ticks(samples: int) -> int:
         return round(samples * CLOCK_HZ / SAMPLE_RATE_HZ)
 
-    def _fill(self, count: int) -> bytes:
+    def _fill(self, count: int, *, drift: bool = False) -> bytes:
+        """`count` samples of silence written at the end (`drift`: a slow audio clock's correction, a few
+        samples between pieces of sound received whole: no loss, so the sound found again stays found)."""
         if count <= 0:
             return b""
         if self._silence_from is None:
             self._silence_from = self.samples
-        self._found_from = None
+        if not drift:
+            self._found_from = None
         written = 0
         while written < count:  # window by window: each is judged as it ends
             room = self._window_from + self._window_samples - self.samples
@@ -277,8 +428,10 @@ class AudioTimeline:
         self.filled_samples += count
         return bytes([self._silence]) * count
 
-    def _real(self, count: int) -> None:
+    def _write_real(self, count: int) -> None:
         """`count` samples of real sound are written at the end."""
+        self.real_samples += count
+        self._real_written = True
         self._silence_from = None
         if self._lost_from is not None and self._found_from is None:
             self._found_from = self.samples
@@ -295,12 +448,12 @@ class AudioTimeline:
             self._close(self._found_from)
 
     def _window_end(self) -> None:
-        """The current window is over (or the run): more than half of it silence is lost sound."""
+        """The current window is over (or the run): half of it silence or more is lost sound."""
         if self.samples <= self._window_from:
             return
         length = self.samples - self._window_from
         if (self._lost_from is None and self._window_first_fill is not None
-                and length >= self._window_samples and self._window_filled * 2 > length):
+                and length >= self._window_samples and self._window_filled * 2 >= length):
             self._open(max(self._window_first_fill, self._closed_at))
             self._lost_filled = self._window_filled
         self._window_from = self.samples

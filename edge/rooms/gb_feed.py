@@ -7,8 +7,15 @@ G.711 (PSM stream type 0x90 A-law, 0x91 µ-law) goes as raw samples, aligned wit
 :class:`edge.rooms.gb_audio.AudioTimeline`, over a second pipe (``-f alaw|mulaw -ar 8000 -ac 1``). One
 reader for both, so both begin at the same key frame: the first video PTS is sample 0 of the sound, and
 ffmpeg's time 0 of both inputs is the same instant (no -itsoffset to guess). Only the audio stream the PSM
-lists first is the camera's sound: audio PES of any other stream id (one the PSM does not list) are
-counted (`unlisted_audio_pes`) and dropped, never written as the camera's sound. The timeline's gaps
+in force lists first is the camera's sound: audio PES of any other stream id (one the PSM does not list)
+are counted (`unlisted_audio_pes`) and dropped, never written as the camera's sound. The feed follows the
+camera's PSM as it changes: a new one that renumbers the sound (0xC0 -> 0xC1) is the sound's stream from
+there on; one that gives it in the other G.711 law has it converted sample by sample into the run's law
+(:mod:`edge.rooms.g711`: the raw pipe's format is the run's; `audio_input`, `converted_audio_pes`); one
+that gives it in a codec the raw pipe cannot carry ends the run with an `audio-codec-changed` reason naming
+both (never a gap saying received sound was missing); the next run reads the new PSM. Received sound the
+timeline drops (a drifting clock, overlaps, repeats) is in `status`, and said on the log once a run past
+DROPPED_NOTICE_SHARE of it. The timeline's gaps
 (opened as soon as the sound is lost, closed when it is back) go to `on_audio_gap` as they come; at the
 run's end (the channel's end, the feed's own end, or the pump cancelled: ffmpeg's exit, the session's
 stop) :meth:`GbRunFeed.finish_audio` closes one still open.
@@ -43,6 +50,7 @@ from typing import Protocol
 from drivers.gb28181.ps import Codec
 from drivers.gb28181.ps_audio import PsAudioSplitter, SplitOutput
 from edge.config.rooms import RoomInputConfig
+from edge.rooms.g711 import convert, convertible
 from edge.rooms.gb_audio import FFMPEG_FORMATS, SAMPLE_RATE_HZ, AudioGapEvent, AudioTimeline
 
 log = logging.getLogger(__name__)
@@ -56,9 +64,17 @@ AUDIO_QUEUE_S = 20.0
 AUDIO_QUEUE_BYTES = int(AUDIO_QUEUE_S * SAMPLE_RATE_HZ)
 DRAIN_S = 5.0  # at the reader's end, how long what is queued may take to reach ffmpeg
 AUDIO_OVERFLOW_REASON = "audio-overflow"
+AUDIO_CODEC_CHANGED_REASON = "audio-codec-changed"
+DROPPED_NOTICE_SHARE = 0.01  # received sound dropped beyond this share of it is said on the log ...
+DROPPED_NOTICE_AFTER_S = 10.0  # ... once this much of it was written
+CODEC_NAMES = {Codec.G711A: "G.711A", Codec.G711U: "G.711U"}
 # ffmpeg reads the program stream from a key frame on, so a short probe suffices; a damaged pack is dropped
 # rather than muxed.
 VIDEO_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
+
+
+def _codec_name(codec: Codec | None) -> str:
+    return "none" if codec is None else CODEC_NAMES.get(codec, codec.value)
 
 
 class FeedReader(Protocol):
@@ -181,9 +197,12 @@ class GbRunFeed:
         self.audio_codec: Codec | None = None  # the sound recorded (G.711), None: video only
         self.unsupported_audio: Codec | None = None  # sound the PSM lists that is not recorded
         self.timeline: AudioTimeline | None = None
-        self._audio_stream_id: int | None = None  # the PSM's audio stream: the only one recorded
+        self.audio_input: Codec | None = None  # the codec the camera's PSM gives its sound in now
         self._audio_finished = False
+        self._dropped_noted = False
         self.unlisted_audio_pes = 0  # audio PES on a stream the PSM does not list as its sound: dropped
+        self.audio_codec_changes = 0  # the camera's PSM changed its sound's codec during the run
+        self.converted_audio_pes = 0  # ... to the other G.711 law: converted into the run's
         self._video: _PipeWriter | None = None
         self._audio: _PipeWriter | None = None
         self._ffmpeg_ends: list[int] = []
@@ -223,7 +242,7 @@ class GbRunFeed:
         if codec in FFMPEG_FORMATS:
             self.audio_codec = codec
             self.timeline = AudioTimeline(codec)
-            self._audio_stream_id = self._splitter.audio_stream_id()
+            self.audio_input = codec
         elif codec is not None:
             self.unsupported_audio = codec
         self._open_pipes()
@@ -294,17 +313,58 @@ class GbRunFeed:
         for item in out.media:  # in stream order: a frame's sound before the next picture moves the lag on
             if isinstance(item, int):
                 pieces.append(timeline.video(item, now))
-            elif item.stream_id == self._audio_stream_id and item.codec is timeline.codec:
-                pieces.append(timeline.audio(item.pts, item.data))
-            else:  # a stream the PSM does not list (or no longer as this sound): never recorded as it
+            elif not item.primary:  # a stream the PSM in force does not list as the camera's sound
                 self.unlisted_audio_pes += 1
+            elif convertible(item.codec, timeline.codec):
+                if item.codec is not self.audio_input:
+                    self._input_changed(item.codec)
+                if item.codec is not timeline.codec:
+                    self.converted_audio_pes += 1
+                pieces.append(timeline.audio(item.pts, convert(item.data, item.codec, timeline.codec)))
+            else:  # the camera's sound is now in a codec this run's raw pipe cannot carry
+                self._codec_changed(item.codec)
+                break
         audio.write(b"".join(pieces))
         self._report_gaps()
+        self._note_dropped(timeline)
         if audio.buffered > AUDIO_QUEUE_BYTES and self.end_reason is None:
             self.end_reason = (f"{AUDIO_OVERFLOW_REASON}: the room's ffmpeg took none of the camera's sound "
                                f"for more than {AUDIO_QUEUE_S:g} s beyond what its pipe holds "
                                f"({audio.buffered} bytes waiting): the run ends rather than buffer more")
             log.warning("%s: %s", self.what, self.end_reason)
+
+    def _input_changed(self, codec: Codec) -> None:
+        """The camera's PSM now gives its sound in the other G.711 law: converted sample by sample into the
+        run's (the raw pipe's format is the run's), said once per change."""
+        previous, self.audio_input = self.audio_input, codec
+        self.audio_codec_changes += 1
+        log.warning("%s: the camera's sound changed from %s to %s; recorded as %s (converted by the G.711 "
+                    "tables)", self.what, _codec_name(previous), _codec_name(codec),
+                    _codec_name(self.audio_codec))
+
+    def _codec_changed(self, codec: Codec) -> None:
+        """The camera's sound is now in a codec the raw pipe of this run cannot carry: the run ends with
+        that reason (its gap says so, not that sound was missing); the next run reads the new PSM."""
+        if self.end_reason is not None:
+            return
+        self.audio_codec_changes += 1
+        self.end_reason = (f"{AUDIO_CODEC_CHANGED_REASON}: {_codec_name(self.audio_input)} -> "
+                           f"{_codec_name(codec)}: the camera's new stream map gives its sound in a codec "
+                           "this run's raw sound input cannot carry; the run ends and the next one records "
+                           "what the new stream map lists")
+        log.warning("%s: %s", self.what, self.end_reason)
+
+    def _note_dropped(self, timeline: AudioTimeline) -> None:
+        """Received sound dropped (a drifting audio clock, overlaps, repeats) beyond DROPPED_NOTICE_SHARE
+        of it: said once per run (the counts are in `status`)."""
+        if self._dropped_noted or timeline.real_samples < DROPPED_NOTICE_AFTER_S * SAMPLE_RATE_HZ:
+            return
+        if timeline.dropped_share() > DROPPED_NOTICE_SHARE:
+            self._dropped_noted = True
+            log.warning("%s: %.1f %% of the camera's sound received was dropped (%.1f s; %.1f s of it to "
+                        "keep a drifting audio clock with the picture, %d PES sent twice)", self.what,
+                        100 * timeline.dropped_share(), timeline.dropped_samples / SAMPLE_RATE_HZ,
+                        timeline.clock_dropped_samples / SAMPLE_RATE_HZ, timeline.duplicates)
 
     def _report_gaps(self) -> None:
         if self.timeline is None:
@@ -332,6 +392,16 @@ class GbRunFeed:
             "audio_rebases": None if timeline is None else timeline.rebases,
             "audio_shift_s": None if timeline is None else round(timeline.shift_s(), 3),
             "audio_lost": None if timeline is None else timeline.lost,
+            "audio_dropped_s": (None if timeline is None
+                                else round(timeline.dropped_samples / SAMPLE_RATE_HZ, 3)),
+            "audio_dropped_share": None if timeline is None else round(timeline.dropped_share(), 4),
+            "audio_clock_dropped_s": (None if timeline is None
+                                      else round(timeline.clock_dropped_samples / SAMPLE_RATE_HZ, 3)),
+            "audio_duplicate_pes": None if timeline is None else timeline.duplicates,
+            "audio_reordered_pes": None if timeline is None else timeline.reordered,
+            "audio_input": None if self.audio_input is None else self.audio_input.value,
+            "audio_codec_changes": self.audio_codec_changes,
+            "converted_audio_pes": self.converted_audio_pes,
             "unlisted_audio_pes": self.unlisted_audio_pes,
             "damaged_audio_pes": self._splitter.damaged_audio,
         }
