@@ -458,6 +458,7 @@ def build_app(
         registrar.reject(rejection, station=station, remote=remote)
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
+    metrics.watch_unrecorded_refusals(lambda: auth.refusal_rate.not_written)
     parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console,
                          database.equipment, transfers)
     server = config.server

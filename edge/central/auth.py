@@ -138,6 +138,13 @@ def _discard(rejection: Rejection, station: str | None, remote: str | None) -> N
     log.warning("refused %s (station %s): %s: %s", remote, station, rejection.code, rejection.detail)
 
 
+def _unidentified_key(request: web.Request) -> str:
+    """The :class:`RecordRate` key of a refusal that names no station or reader (a certificate the CA signed
+    for another role, or an unusable subject): its certificate's, else one shared by every such caller."""
+    cert = peer_certificate(request)
+    return f"certificate:{cert.sha256}" if cert is not None else "unidentified"
+
+
 class Authenticator:
     """Turns a request into an enrolled caller or a :class:`Rejection`, which ``on_reject`` records."""
 
@@ -146,8 +153,11 @@ class Authenticator:
         self.dev_mode = dev_mode
         self._on_reject = on_reject
         self._last_dev_warning = float("-inf")
-        # Refusals of stations the broker let in (edge.central.record_rate): recorded at a bounded rate.
-        self.broker_refusals = RecordRate()
+        # One rule for every path a station (or reader) reaches the central by: the broker's and HTTPS
+        # (edge.central.record_rate). A certificate the CA signed still completes the TLS handshake once
+        # revoked (revocation is the index's status, checked per request), so its holder can send requests
+        # as fast as the broker's stations publish; each is refused, and recorded at this bounded rate.
+        self.refusal_rate = RecordRate()
 
     def __repr__(self) -> str:
         return f"Authenticator(dev_mode={self.dev_mode})"
@@ -177,13 +187,24 @@ class Authenticator:
                                                   f"endpoint; it needs OU={role}")
         return name, cert.sha256
 
+    def _record(self, rejection: Rejection, rate_key: str, station: str | None, remote: str | None) -> None:
+        """Record ``rejection`` if :attr:`refusal_rate` admits one more of ``rate_key``'s; the recorded one
+        says how many were not."""
+        skipped = self.refusal_rate.admit(rate_key)
+        if skipped is not None:
+            rejection.detail = noting_skipped(rejection.detail, skipped)
+            self._on_reject(rejection, station, remote)
+
     def station(self, request: web.Request) -> Caller:
-        """The calling station, enrolled and active; raises :class:`Rejection` (recorded)."""
+        """The calling station, enrolled and active; raises :class:`Rejection`, recorded at the bounded
+        rate of :attr:`refusal_rate` (per station, shared with the broker's path)."""
         claimed: list[str] = []
         try:
             return self._station(request, claimed)
         except Rejection as rejection:
-            self._on_reject(rejection, claimed[0] if claimed else None, request.remote)
+            station = claimed[0] if claimed else None
+            self._record(rejection, station if station is not None else _unidentified_key(request),
+                         station, request.remote)
             raise
 
     def _station(self, request: web.Request, claimed_out: list[str]) -> Caller:
@@ -233,25 +254,26 @@ class Authenticator:
 
         A station the broker lets in can send thousands of messages a second: its refusals are recorded
         (index and log) at most :data:`~edge.central.record_rate.RECORDS_PER_MINUTE` a minute after a burst
-        of as many, and a recorded one says how many were not (every one is still refused)."""
+        of as many (the same count as its HTTPS requests'), and a recorded one says how many were not
+        (every one is still refused)."""
         try:
             return Caller(self._active_station(station_id), remote)
         except Rejection as rejection:
-            skipped = self.broker_refusals.admit(station_id)
-            if skipped is not None:
-                rejection.detail = noting_skipped(rejection.detail, skipped)
-                self._on_reject(rejection, station_id, remote)
+            self._record(rejection, station_id, station_id, remote)
             raise
 
     def reader(self, request: web.Request) -> str:
-        """The calling reader (auditor); raises :class:`Rejection` (recorded)."""
+        """The calling reader (auditor); raises :class:`Rejection`, recorded at the bounded rate of
+        :attr:`refusal_rate` (per reader name: a revoked auditor's certificate still completes TLS)."""
+        claimed: list[str] = []
         try:
-            return self._reader(request)
+            return self._reader(request, claimed)
         except Rejection as rejection:
-            self._on_reject(rejection, None, request.remote)
+            key = f"reader:{claimed[0]}" if claimed else _unidentified_key(request)
+            self._record(rejection, key, None, request.remote)
             raise
 
-    def _reader(self, request: web.Request) -> str:
+    def _reader(self, request: web.Request, claimed_out: list[str]) -> str:
         if self.dev_mode:
             claimed = request.headers.get(DEV_READER_HEADER, "")
             if not claimed:
@@ -261,6 +283,7 @@ class Authenticator:
                 name = validate_reader_name(claimed)
             except CentralIndexError as exc:
                 raise Rejection(RejectCode.UNAUTHENTICATED, f"{DEV_READER_HEADER}: {exc}") from None
+            claimed_out.append(name)
             self._warn_dev(request, f"reader {name}")
             record = self.index.reader(name)
             # Development readers need no enrolment, but a revoked one stays revoked.
@@ -268,6 +291,7 @@ class Authenticator:
                 raise Rejection(RejectCode.FORBIDDEN, f"reader {name} was revoked")
             return name
         name, cert_sha = self._certificate(request, AUDITOR_OU)
+        claimed_out.append(name)
         record = self.index.reader(name)
         if record is None:
             raise Rejection(RejectCode.FORBIDDEN, f"reader {name} is not enrolled at this central")

@@ -12,7 +12,7 @@ raises :class:`DatabaseUnavailable`, naming where without the password.
 
 from __future__ import annotations
 
-from edge.central.config import CentralConfig, ConfigError, PostgresIndexConfig
+from edge.central.config import CentralConfig, ConfigError, PostgresIndexConfig, SqliteIndexConfig
 from edge.central.index import CentralIndexError
 from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase, Index, Readers
@@ -55,11 +55,16 @@ def database_exists(config: CentralConfig) -> bool:
     return config.layout.index_db.is_file()
 
 
+def _read_time_limits_s(index: SqliteIndexConfig | PostgresIndexConfig) -> dict[Readers, float]:
+    return {Readers.STATIONS: index.station_statement_timeout_s,
+            Readers.CONSOLE: index.console_statement_timeout_s}
+
+
 def open_central_database(config: CentralConfig) -> CentralDatabase:
     """The configured database with its schema brought to this code's version."""
     index = config.central.index
     if not isinstance(index, PostgresIndexConfig):
-        return SqliteDatabase.open(config.layout.index_db)
+        return SqliteDatabase.open(config.layout.index_db, read_time_limits_s=_read_time_limits_s(index))
     # Imported here: psycopg is needed only by a central configured for PostgreSQL.
     import psycopg
 
@@ -77,9 +82,7 @@ def open_central_database(config: CentralConfig) -> CentralDatabase:
         return PostgresDatabase.open(index.url, password=password, console_key=config.layout.console_key,
                                      application_name=f"edge-central {config.central.id}",
                                      owner_url=index.owner_url, owner_password=owner_password,
-                                     statement_timeouts_s={
-                                         Readers.STATIONS: index.station_statement_timeout_s,
-                                         Readers.CONSOLE: index.console_statement_timeout_s})
+                                     statement_timeouts_s=_read_time_limits_s(index))
     except (SchemaBehind, RuntimeRoleError) as exc:
         raise DatabaseNotSetUp(f"the index database {index.url} cannot be used: {exc}") from None
     except (psycopg.Error, SchemaError) as exc:

@@ -30,6 +30,8 @@ from edge.config.base import (
 from edge.config.station import MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
 
 __all__ = [
+    "CONSOLE_READ_TIME_LIMIT_S",
+    "STATION_READ_TIME_LIMIT_S",
     "CentralConfig",
     "CentralLayout",
     "CentralSection",
@@ -89,13 +91,38 @@ _URL_REFUSED = "url_userinfo"
 _SECRET_CONNINFO_KEYS = frozenset({"password", "passfile", "sslpassword"})
 
 
-class SqliteIndexConfig(StrictModel):
+# The longest one statement read for a station, or for the console, runs before the database stops it
+# (PostgreSQL's statement_timeout; SQLite: edge.central.sqlite.reads), so that a held table or a slow query
+# does not keep a reader thread: a station retries, an auditor's search over a province may take longer.
+# Configurable: [central.index] station_statement_timeout_s, console_statement_timeout_s.
+STATION_READ_TIME_LIMIT_S = 10.0
+CONSOLE_READ_TIME_LIMIT_S = 30.0
+
+
+class _ReadTimeLimits(StrictModel):
+    """The reader threads' time limits, the same on either backend."""
+
+    # A held table or a slow query must not keep a reader thread indefinitely (review 13): the database
+    # stops a reader's statement past these (PostgreSQL: statement_timeout, lock waits included; SQLite:
+    # edge.central.sqlite.reads); the request answers 503.
+    station_statement_timeout_s: float = Field(
+        STATION_READ_TIME_LIMIT_S, ge=0.1, le=600, description="Time limit of a statement read for a station "
+        "(authentication, registration and ledger reads, the MQTT API), in its own reader threads"
+    )
+    console_statement_timeout_s: float = Field(
+        CONSOLE_READ_TIME_LIMIT_S, ge=0.1, le=3600, description="Time limit of a statement read for the "
+        "console, the read side, auditors, statistics, readiness and metrics, in their own reader threads"
+    )
+
+
+
+class SqliteIndexConfig(_ReadTimeLimits):
     """The embedded index: one SQLite file, ``<store_dir>/index.db`` (one site, the demo, most tests)."""
 
     type: Literal["sqlite"] = "sqlite"
 
 
-class PostgresIndexConfig(StrictModel):
+class PostgresIndexConfig(_ReadTimeLimits):
     """The index on a PostgreSQL server (edge.central.postgres), shared by several receivers."""
 
     type: Literal["postgresql"]
@@ -116,16 +143,6 @@ class PostgresIndexConfig(StrictModel):
     )
     owner_password: SecretRef | None = Field(
         None, description="The owner role's password as a secret reference (env:, file:, credential:)"
-    )
-    # A held table or a slow query must not keep a reader thread indefinitely (review 13): PostgreSQL
-    # cancels a reader's statement past these (lock waits included); the request answers 503.
-    station_statement_timeout_s: float = Field(
-        10.0, ge=0.1, le=600, description="Time limit of a statement read for a station (authentication, "
-        "registration and ledger reads, the MQTT API), in its own reader threads"
-    )
-    console_statement_timeout_s: float = Field(
-        30.0, ge=0.1, le=3600, description="Time limit of a statement read for the console, the read side, "
-        "auditors, statistics, readiness and metrics, in their own reader threads"
     )
 
     @field_validator("url", "owner_url")

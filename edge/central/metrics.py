@@ -25,6 +25,11 @@ What is counted, and where:
 - ``edge_central_lock_extensions_pending``: object-lock extensions (an item's retention class changed)
   the object store has not confirmed yet (:mod:`edge.central.lock_extensions`), read when scraped. Alert
   above 0 for long: evidence is locked for less than its class requires until it is 0.
+- ``edge_central_refusals_not_recorded_total``: refusals of a station or reader not written to the index
+  (nor logged) because that caller was refused more than a burst of them, then more than that many a
+  minute (:mod:`edge.central.record_rate`: a revoked station's certificate still completes TLS and the
+  broker's stations can publish thousands a second); each is still refused, and the next one recorded
+  says how many were not. A steady rise: some holder of a revoked certificate keeps trying.
 - ``edge_central_recorders_overdue``: recorders overdue over the latest fleet report of every station
   (:func:`edge.central.equipment.is_overdue`: as the station said, or out past its due time by now), read
   when scraped. Alert above 0.
@@ -182,6 +187,23 @@ class _GaugeCollector(Collector):
         yield GaugeMetricFamily(self._name, self._help)
 
 
+class _CounterCollector(Collector):
+    """One unlabelled counter kept elsewhere, read when scraped."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._help = help_text
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._help)
+        family.add_metric([], float(self._read()))
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._help)
+
+
 class CentralMetrics:
     """The central's counters and histograms on their own registry."""
 
@@ -220,6 +242,15 @@ class CentralMetrics:
             "edge_central_lock_extensions_pending",
             "Object lock extensions (a retention class changed) the object store has not confirmed yet",
             pending))
+
+    def watch_unrecorded_refusals(self, not_recorded: Callable[[], int]) -> None:
+        """Report the refusals not written to the index (rate-limited, edge.central.record_rate), read when
+        scraped."""
+        self.registry.register(_CounterCollector(
+            "edge_central_refusals_not_recorded",
+            "Refusals of a station or reader not written to the index because it was refused more than a "
+            "burst, then more than the per-minute rate (each still refused; the next recorded says how many)",
+            not_recorded))
 
     def watch_fleet(self, overdue: Callable[[], int]) -> None:
         """Report the recorders overdue agency-wide (the stations' fleet reports), read when scraped."""

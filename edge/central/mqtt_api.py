@@ -227,7 +227,7 @@ class MqttApi:
             return rejection.status, rejection_document(rejection)  # an unknown station's noise: not written
         # Recorded like the HTTP path's refusals of a body, at the bounded rate of the broker's stations
         # (edge.central.record_rate): a station may publish thousands of these a second.
-        skipped = self.parts.auth.broker_refusals.admit(station)
+        skipped = self.parts.auth.refusal_rate.admit(station)
         if skipped is not None:
             rejection.detail = noting_skipped(rejection.detail, skipped)
             self.parts.registrar.reject(rejection, station=station, remote=MQTT_REMOTE)

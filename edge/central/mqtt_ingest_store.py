@@ -646,8 +646,16 @@ class MqttIngestStore:
 
     def remove(self, upload_id: str) -> bool:
         """Delete the transfer's files (registration took the content); False when there was none."""
+        return self._remove(upload_id, unleased_only=False)
+
+    def _remove(self, upload_id: str, *, unleased_only: bool) -> bool:
         try:
             with self._transfer_lock(upload_id):
+                # Under the transfer's lock, which complete_path takes to lease it.
+                with self._lock:
+                    leased = self._leases.get(upload_id, 0.0) > self._clock()
+                if unleased_only and leased:
+                    return False
                 removed = self._unlink(upload_id)
         except _NoTransfer:
             return False
@@ -655,6 +663,17 @@ class MqttIngestStore:
         if removed:
             log.info("transfer %s removed", upload_id)
         return removed
+
+    def remove_unleased(self, upload_id: str) -> bool:
+        """:meth:`remove` unless a registration holds the transfer (:meth:`complete_path`'s lease): False
+        then."""
+        return self._remove(upload_id, unleased_only=True)
+
+    def release_lease(self, upload_id: str) -> None:
+        """End the lease :meth:`complete_path` gave (a registration that failed): the purge may take the
+        transfer past its expiry."""
+        with self._lock:
+            self._leases.pop(upload_id, None)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Remove transfers past their expiry; returns how many.

@@ -57,6 +57,8 @@ class RecordRate:
         self._remembered = remembered
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+        # Every record not written since the start (a metric: edge_central_refusals_not_recorded_total).
+        self.not_written = 0
 
     def __repr__(self) -> str:
         return f"RecordRate({self.per_minute}/min, {len(self._buckets)} stations)"
@@ -80,6 +82,7 @@ class RecordRate:
                     forgotten.append((old_station, old_bucket.skipped))
             if bucket.tokens < 1.0:
                 bucket.skipped += 1
+                self.not_written += 1
                 admitted = None
             else:
                 bucket.tokens -= 1.0

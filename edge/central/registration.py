@@ -261,6 +261,14 @@ class UploadSource(Protocol):
         ...
     def complete_path(self, upload_id: str) -> Path: ...
     def remove(self, upload_id: str) -> bool: ...
+    def remove_unleased(self, upload_id: str) -> bool:
+        """:meth:`remove`, unless a registration holds the upload (its lease): False then, and when there
+        was none."""
+        ...
+    def release_lease(self, upload_id: str) -> None:
+        """Give up the lease :meth:`complete_path` or :meth:`staged` took (the registration failed): the
+        station may terminate the upload, and the purge take it past its expiry (idempotent)."""
+        ...
     def received(self, upload_id: str) -> ReceivedContent | None:
         """The receive path's hash of the complete upload, taken as its bytes were written (None: the
         object store hashes the file itself)."""
@@ -961,7 +969,7 @@ class Registrar:
             )
         if doc.get("ledger") is not None:
             await self._accept_segment(caller, doc["ledger"])
-        item, sha256, size = str(manifest["item"]), str(manifest["sha256"]), int(manifest["size"])
+        sha256, size = str(manifest["sha256"]), int(manifest["size"])
         manifest_text = canonical_json(manifest)
         replay = await self._replay(caller, manifest, manifest_text, upload_id)
         if replay is not None:
@@ -970,15 +978,35 @@ class Registrar:
                                         Readers.STATIONS)
         source = await asyncio.to_thread(self._finished_upload, caller, upload_id)
         if source.length != size or (source.sha256 is not None and source.sha256 != sha256):
-            await asyncio.to_thread(self._discard_upload, upload_id)
+            # Not leased to this registration: another one may be moving it (a retry on another receiver).
+            removed = await asyncio.to_thread(self._discard_upload, upload_id, leased_to_us=False)
             raise Rejection(
                 RejectCode.CONTENT_MISMATCH,
                 f"upload {upload_id} holds {source.length} bytes with "
                 f"SHA-256 {source.sha256}; the manifest says {size} "
-                f"bytes with SHA-256 {sha256}; the upload was removed",
+                f"bytes with SHA-256 {sha256}; "
+                + ("the upload was removed" if removed else "another registration holds the upload"),
             )
         # The shared store's claim may wait for a purge on another receiver (review 13 #4, #6).
         staged, path, received = await asyncio.to_thread(self._content_of, upload_id)
+        try:
+            registered = await self._register_claimed(caller, manifest, manifest_text, upload_id, staged,
+                                                      path, received)
+        except BaseException:
+            # The claim leased the upload to this registration, which failed: the lease must not refuse
+            # the station's termination (423) for the hour it would run.
+            await asyncio.to_thread(self._release_lease, upload_id)
+            raise
+        await asyncio.to_thread(self._discard_upload, upload_id, leased_to_us=True)
+        return registered
+
+    async def _register_claimed(
+        self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str,
+        staged: StagedContent | None, path: Path | None, received: ReceivedContent | None,
+    ) -> Registered:
+        """The registration's steps once :meth:`_content_of` leased it the upload: the content into the
+        object store, then the index's transaction."""
+        item, sha256 = str(manifest["item"]), str(manifest["sha256"])
         retention = self.retention.for_class(RetentionPolicy.class_of(manifest), parse_utc(self._clock()),
                                              item=item)
         started = time.monotonic()
@@ -989,7 +1017,7 @@ class Registrar:
                 assert path is not None
                 await asyncio.to_thread(self._put_content, path, sha256, retention, received)
         except ObjectMismatch as exc:
-            await asyncio.to_thread(self._discard_upload, upload_id)
+            await asyncio.to_thread(self._discard_upload, upload_id, leased_to_us=True)
             raise Rejection(
                 RejectCode.CONTENT_MISMATCH,
                 f"upload {upload_id}: {exc}; the upload was "
@@ -1017,7 +1045,6 @@ class Registrar:
         registered = await self.index.unit.run_writes(
             functools.partial(self._commit, caller, manifest, manifest_text, upload_id, wanted))
         await self.lock_extender().extend(wanted)
-        await asyncio.to_thread(self._discard_upload, upload_id)
         return registered
 
     def _content_of(self, upload_id: str) -> tuple[StagedContent | None, Path | None, ReceivedContent | None]:
@@ -1162,7 +1189,9 @@ class Registrar:
         self._replay_of(caller, existing, manifest, manifest_text)
         info = await asyncio.to_thread(self._safe_get, upload_id)
         if info is not None and info.station == caller.station_id and info.offset == info.length:
-            await asyncio.to_thread(self._discard_upload, upload_id)  # a re-upload of content already held
+            # A re-upload of content already held; not leased to this registration (a concurrent one may
+            # hold it, and removes it itself).
+            await asyncio.to_thread(self._discard_upload, upload_id, leased_to_us=False)
         log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
                  existing.leaf_index, extra=event_fields(event="replayed", item=existing.item,
                                                          station=caller.station_id))
@@ -1284,11 +1313,26 @@ class Registrar:
             log.warning("upload %s cannot be read: %s", upload_id, exc)
             return None
 
-    def _discard_upload(self, upload_id: str) -> None:
+    def _discard_upload(self, upload_id: str, *, leased_to_us: bool) -> bool:
+        """Remove the upload; when this registration holds no lease on it, only if no other one does
+        (that one removes it when done). False when it was left (or could not be removed)."""
         try:
-            self.uploads.remove(upload_id)
+            if leased_to_us:
+                self.uploads.remove(upload_id)
+                return True
+            if self.uploads.remove_unleased(upload_id):
+                return True
+            log.info("upload %s was left: another registration holds it, or it is gone", upload_id)
         except Exception as exc:  # the expiry purge will get it; the answer to the station must not fail
             log.warning("upload %s could not be removed: %s", upload_id, exc)
+        return False
+
+    def _release_lease(self, upload_id: str) -> None:
+        try:
+            self.uploads.release_lease(upload_id)
+        except Exception as exc:  # it runs out by itself (an hour); the answer must not fail
+            log.warning("upload %s: the failed registration's lease could not be released: %s", upload_id,
+                        exc)
 
     def _enrolled_key(self, caller: Caller) -> Ed25519PublicKey:
         try:

@@ -55,7 +55,7 @@ from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.receipt import TreeHead
 
 __all__ = ["CentralDatabase", "ConsoleStore", "EquipmentRows", "Index", "LogStore", "LogStoreConflict",
-           "PendingLock", "UnitOfWork"]
+           "PendingLock", "Readers", "UnitOfWork"]
 
 
 class LogStoreConflict(Exception):

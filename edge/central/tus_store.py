@@ -588,6 +588,21 @@ class TusUploadStore:
         lease), so that the content is never pulled from under the registration moving it."""
         return self._remove(upload_id, terminating=True)
 
+    def remove_unleased(self, upload_id: str) -> bool:
+        """:meth:`remove` unless a registration holds the complete upload (False then)."""
+        try:
+            return self._remove(upload_id, terminating=True)
+        except UploadLeasedError:
+            return False
+
+    def release_lease(self, upload_id: str) -> None:
+        """End the lease :meth:`complete_path` gave (a registration that failed): the station may terminate
+        the upload again, and the purge take it past its expiry."""
+        with self._lock:
+            state = self._states.get(_check_id(upload_id))
+            if state is not None:
+                state.leased_until = 0.0
+
     def _remove(self, upload_id: str, *, terminating: bool) -> bool:
         with self._lock:
             state = self._load_locked(upload_id)

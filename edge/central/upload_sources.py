@@ -72,3 +72,16 @@ class CombinedUploadSource:
         if transfer is None:
             return self.tus.remove(upload_id)
         return False if self.mqtt is None else self.mqtt.remove(transfer)
+
+    def remove_unleased(self, upload_id: str) -> bool:
+        transfer = self._transfer_id(upload_id)
+        if transfer is None:
+            return self.tus.remove_unleased(upload_id)
+        return False if self.mqtt is None else self.mqtt.remove_unleased(transfer)
+
+    def release_lease(self, upload_id: str) -> None:
+        transfer = self._transfer_id(upload_id)
+        if transfer is None:
+            self.tus.release_lease(upload_id)
+        elif self.mqtt is not None:
+            self.mqtt.release_lease(transfer)

@@ -16,7 +16,9 @@ order, after the RTP reorder buffer: the media receiver's sink, edge.gb28181.med
 * `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`).
 
 `handle.streaming` / `await handle.wait_streaming()` say whether media flows now (a recorder starts its
-ffmpeg then); `handle.state` and `handle.interruptions` what the channel went through so far.
+ffmpeg then); `handle.state` and `handle.interruptions` what the channel went through so far;
+`handle.stalled_since()` when media last came, while a stall is in progress (a stall is told only once
+media comes again: a holder that stops meanwhile asks).
 
 A consumer begins at the first key frame after it joined (a pack whose pack header is followed by a system
 header or a PSM, GB/T 28181 Annex C.1; after `JOIN_WAIT_PACKS` packs without one, at a pack header), so what
@@ -397,6 +399,12 @@ class LiveHandle:
     @property
     def streaming(self) -> bool:
         return self._held().streaming.is_set()
+
+    def stalled_since(self) -> str | None:
+        """When media last came (station UTC, ISO 8601), while it has not come for `stall_s` or longer in
+        a Play that goes on: a stall in progress (told as `stalled` only once media comes again, so a
+        holder that stops meanwhile asks); None otherwise."""
+        return self._held().stalled_since()
 
     async def wait_streaming(self) -> None:
         """Until media flows (at once if it does): the moment to start a recorder on the socket. A stop
@@ -881,12 +889,19 @@ class _Channel:
             self.socket_path.unlink()
         self.closed.set()
 
-    def _stopped(self, reason: str) -> None:
-        """The channel's end on the ledger and to its holders (before its connections drain)."""
-        stalled_since = None  # stopped while media had stopped, before the idle timeout ended the Play
+    def stalled_since(self) -> str | None:
+        """When media last came (station UTC), if it has not come for `stall_s` or longer in a Play that
+        goes on (no interruption open): a stall in progress, which the live layer tells (`stalled`) only
+        once media comes again; None otherwise."""
         if (self._flowing and self.open_interruption is None
                 and time.monotonic() - self._last_byte_mono >= self.streams.settings.stall_s):
-            stalled_since = wall_text(self._last_byte_at)
+            return wall_text(self._last_byte_at)
+        return None
+
+    def _stopped(self, reason: str) -> None:
+        """The channel's end on the ledger and to its holders (before its connections drain)."""
+        # Stopped while media had stopped, before the idle timeout ended the Play.
+        stalled_since = self.stalled_since()
         closed = None
         if self.open_interruption is not None:
             closed = Interruption(self.open_interruption.began_at, self.open_interruption.detected_at,

@@ -24,12 +24,18 @@ holder and are not counted in the session. One outage is one room gap:
   the live layer's reason in place of "ffmpeg exited" and ``live_from`` (the last packet's arrival); the
   first segment after the channel resumed closes it;
 * stalled (media stopped `stall_s` or longer and came again in the same Play, ffmpeg still running): a
-  gap of its own, ``from``/``to`` the stall's arrival times, unless a gap is open already (a stall longer
-  than the liveness timeout: the supervisor restarted ffmpeg and its gap covers it). A device's
-  timestamps do not jump over a stall, so the segments around it count on in stream time: the gap is
-  what says where station time and stream time part;
+  gap of its own (``live`` stalled: picture and sound lost), ``from``/``to`` the stall's arrival times,
+  unless a run's gap is open already (a stall longer than the liveness timeout: the supervisor restarted
+  ffmpeg and its gap covers it). The sound's gap (``audio`` lost) does not take it in: the two overlap,
+  each saying what was lost, and the sound's gap gives the part of it the stream stalled (``stalled_s``:
+  its ``duration_s`` is its ``silence_s`` and its ``stalled_s``, give or take the packets' arrival). A
+  device's timestamps do not jump over a stall, so the segments around it count on in stream time: the
+  gap is what says where station time and stream time part;
+* stalled at the session's stop (media stopped `stall_s` or longer when the stop was asked: the live
+  layer would tell it only once media came again): a gap from the last media to the stop (``to_stop``);
+  the sound's gap open then ends at the stop as well;
 * media lost (RTP packets lost, their bytes not in the stream; reported at most every 10 s by the live
-  layer): a gap of zero length at the report's time with the count, unless a gap is open already.
+  layer): a gap of zero length at the report's time with the count, unless a run's gap is open already.
 """
 
 from __future__ import annotations
@@ -115,6 +121,17 @@ class GbRoomChannel:
             feed.close()
             raise
         return feed
+
+    def stalled_since_ns(self) -> int | None:
+        """When media last came (station ns), while the channel's media has stopped for its stall threshold
+        or longer and its Play goes on (a stall the live layer tells only once media comes again); None
+        when media flows, the channel is interrupted, or it is not held."""
+        if self._handle is None:
+            return None
+        try:
+            return ns_from_wall_text(self._handle.stalled_since())
+        except LiveError:
+            return None
 
     def close(self) -> None:
         """Let go of the channel (its Play stops after the live layer's linger if nobody else holds it)."""

@@ -161,12 +161,25 @@ class GapClosed:
     detail: tuple[tuple[str, Any], ...] = ()  # more keys of the closed entry (a lost sound's silence_s)
 
 
+@dataclass(frozen=True)
+class GapWhole:
+    """A gap known whole at once (a GB/T 28181 channel's stall: its times), on the record (its open and its
+    closed entries) whatever gap is open meanwhile: gaps may overlap, each saying what was lost (a stall
+    loses picture and sound while the sound's own gap is open)."""
+
+    from_ns: int
+    to_ns: int
+    reason: str
+    detail: tuple[tuple[str, Any], ...] = ()
+    to_stop: bool = False
+
+
 class FinalSweep:
     """The last work of a stopped session's sealer: seal what is still in its capture directories."""
 
 
 FINAL_SWEEP = FinalSweep()
-SealerWork = ClosedSegment | GapOpened | GapClosed | FinalSweep | None
+SealerWork = ClosedSegment | GapOpened | GapClosed | GapWhole | FinalSweep | None
 
 
 @dataclass
@@ -216,7 +229,11 @@ class SourceRecording:
     audio_gap_from_ns: int | None = None
     audio_gap_reason: str | None = None
     audio_gap_pending: AudioGapOpened | None = None
-    audio_gap_last_reason: str | None = None  # a live stall or loss within it (not a gap of its own)
+    # How long the channel stalled within it (picture and sound lost: gaps of their own), so that its
+    # entry says why its station time (duration_s) exceeds the silence the recording holds (silence_s).
+    audio_gap_stalled_ns: int = 0
+    # A GB/T 28181 channel stalled when the session's stop was asked: when its media last came.
+    stalled_at_stop_ns: int | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -297,12 +314,20 @@ class SessionRecording:
         self._resumed = resumed_from_ns
         self._run_began_ns: int | None = None  # when run() began
         self._stopped_ns: int | None = None  # when the runs ended at a stop
+        self._stop_asked_ns: int | None = None  # when stop() was called
         self.liveness_timeout_s = settings.segment_time_s + settings.stale_margin_s
 
     # -- control ------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """End the session's recording: every ffmpeg closes its last segment, everything is sealed."""
+        """End the session's recording: every ffmpeg closes its last segment, everything is sealed. A GB/T
+        28181 channel stalled at this moment (its live layer would tell the stall only once media came
+        again) is noted here: its gap reaches the stop (_stall_at_stop)."""
+        if not self._stop.is_set():
+            self._stop_asked_ns = time.time_ns()
+            for source in self.sources.values():
+                if source.gb is not None:
+                    source.stalled_at_stop_ns = source.gb.stalled_since_ns()
         self._stop.set()
 
     def interrupt(self, reason: str) -> None:
@@ -403,6 +428,8 @@ class SessionRecording:
                         source.queue.put_nowait(GapOpened(source.last_end_ns or now, self._ending_reason))
                 elif source.gap_from_ns is not None:
                     source.queue.put_nowait(GapClosed(now, to_stop=True))
+                else:
+                    self._stall_at_stop(source, now)
                 # At a stop, the sealer tries once more whatever of the session is still unsealed.
                 source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
             if overlay_task is not None:
@@ -729,18 +756,25 @@ class SessionRecording:
             self._audio_gap_opens(source, event.from_ns)
             return
         source.audio_gap_pending = None
-        reason, detail = self._audio_lost(event)
+        to_stop = event.ongoing_at_end and self._session_stopped()
+        # Lost until the stop: it ends at the stop (the feed's last picture may be seconds before it, the
+        # stream stalled), as the session's other gaps do.
+        stop_ns = time.time_ns() if to_stop else 0
         if source.audio_gap_from_ns is not None:
-            to_stop = event.ongoing_at_end and self._session_stopped()
-            last = source.audio_gap_last_reason
-            source.queue.put_nowait(GapClosed(max(event.to_ns, source.audio_gap_from_ns), to_stop, reason,
-                                              detail + ((("last_reason", last),) if last else ())))
-            source.audio_gap_from_ns = source.audio_gap_reason = source.audio_gap_last_reason = None
+            from_ns = source.audio_gap_from_ns
+            to_ns = max(event.to_ns, from_ns, stop_ns)
+            stalled_ns = self._stalled_in_audio_gap(source, to_ns)
+            reason, detail = self._audio_lost(event, from_ns, to_ns, stalled_ns)
+            source.queue.put_nowait(GapClosed(to_ns, to_stop, reason, detail))
+            source.audio_gap_from_ns = source.audio_gap_reason = None
+            source.audio_gap_stalled_ns = 0
             return
         if source.gap_from_ns is not None or source.live_interruption is not None:
             return
-        source.queue.put_nowait(GapOpened(event.from_ns, reason, detail))  # never opened: on the record now
-        source.queue.put_nowait(GapClosed(max(event.to_ns, event.from_ns)))
+        # Never opened: on the record now, whole.
+        to_ns = max(event.to_ns, event.from_ns, stop_ns)
+        reason, detail = self._audio_lost(event, event.from_ns, to_ns, 0)
+        source.queue.put_nowait(GapWhole(event.from_ns, to_ns, reason, detail, to_stop))
 
     def _audio_gap_opens(self, source: SourceRecording, from_ns: int) -> None:
         reason = (f"{AUDIO_LOST_REASON}: the camera's sound is missing while its picture goes on; the "
@@ -756,15 +790,37 @@ class SessionRecording:
                 and source.live_interruption is None:
             self._audio_gap_opens(source, max(pending.from_ns, segment_start_ns))
 
-    def _audio_lost(self, gap: AudioGap) -> tuple[str, tuple[tuple[str, Any], ...]]:
-        """A closed audio gap's reason and the keys of its entry."""
+    def _audio_lost(
+        self, gap: AudioGap, from_ns: int, to_ns: int, stalled_ns: int
+    ) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """A closed audio gap's reason and the keys of its entry. It says how long the sound was missing by
+        the station's clock (its entry's duration_s) and the silence the recording holds (silence_s, of
+        the stream's time): the part the stream stalled (picture and sound, gaps of their own: stalled_s)
+        is in the one, not the other."""
         until = (" until the session stopped" if gap.ongoing_at_end and self._session_stopped() else
                  " until the run ended" if gap.ongoing_at_end else "")
-        held = ("silence of that length" if gap.silence_s is None else
-                f"{gap.filled_s:.1f} s of silence (its sound came in short pieces only)")
-        reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing for {gap.seconds:.1f} s{until} while "
-                  f"its picture went on; the recording holds {held} there")
-        return reason, (("audio", "lost"), ("silence_s", gap.filled_s))
+        stalled = ("" if stalled_ns <= 0 else
+                   f", for {stalled_ns / 1e9:.1f} s of it the stream stalled (picture and sound lost: a gap "
+                   "of its own)")
+        pieces = "" if gap.silence_s is None else " (its sound came in short pieces only)"
+        reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing for {(to_ns - from_ns) / 1e9:.1f} s"
+                  f"{until} while its picture went on{stalled}; the recording holds {gap.filled_s:.1f} s of "
+                  f"silence there{pieces}")
+        detail: tuple[tuple[str, Any], ...] = (("audio", "lost"), ("silence_s", gap.filled_s))
+        if stalled_ns > 0:
+            detail += (("stalled_s", round(stalled_ns / 1e9, 3)),)
+        return reason, detail
+
+    def _stalled_in_audio_gap(self, source: SourceRecording, to_ns: int) -> int:
+        """How long the channel stalled within the sound's open gap, were it closed at `to_ns`: the stalls
+        told meanwhile, and the one going on at the session's stop."""
+        from_ns = source.audio_gap_from_ns
+        if from_ns is None:
+            return 0
+        stalled = source.audio_gap_stalled_ns
+        if source.stalled_at_stop_ns is not None and self._session_stopped():
+            stalled += max(0, to_ns - max(source.stalled_at_stop_ns, from_ns))
+        return min(stalled, max(0, to_ns - from_ns))
 
     def _session_stopped(self) -> bool:
         """The session is stopping (not interrupted by the agent's stop: it resumes at the next start)."""
@@ -775,13 +831,22 @@ class SessionRecording:
         source.audio_gap_pending = None
         if source.audio_gap_from_ns is None:
             return
-        from_ns, source.audio_gap_from_ns = source.audio_gap_from_ns, None
+        from_ns = source.audio_gap_from_ns
+        to_ns = max(now_ns, from_ns)
+        stalled_ns = self._stalled_in_audio_gap(source, to_ns)
+        source.audio_gap_from_ns = None
         until = "the session stopped" if to_stop else "the run ended"
+        stalled = ("" if stalled_ns <= 0 else
+                   f", for {stalled_ns / 1e9:.1f} s of it the stream stalled (picture and sound lost: a gap "
+                   "of its own)")
         reason = (f"{AUDIO_LOST_REASON}: the camera's sound was missing from {iso_from_ns(from_ns)} until "
-                  f"{until} while its picture went on; the recording holds silence there")
-        source.queue.put_nowait(GapClosed(max(now_ns, from_ns), to_stop, reason,
-                                          (("silence_s", round(max(0, now_ns - from_ns) / 1e9, 3)),)))
-        source.audio_gap_reason = source.audio_gap_last_reason = None
+                  f"{until} while its picture went on{stalled}; the recording holds silence there")
+        detail: tuple[tuple[str, Any], ...] = (("silence_s", round((to_ns - from_ns - stalled_ns) / 1e9, 3)),)
+        if stalled_ns > 0:
+            detail += (("stalled_s", round(stalled_ns / 1e9, 3)),)
+        source.queue.put_nowait(GapClosed(to_ns, to_stop, reason, detail))
+        source.audio_gap_reason = None
+        source.audio_gap_stalled_ns = 0
 
     async def _audio_not_recorded(self, source: SourceRecording, codec: str) -> None:
         """The camera's PSM lists sound the room cannot record (not G.711): said once per session."""
@@ -832,7 +897,9 @@ class SessionRecording:
             asyncio.get_running_loop().call_soon(self._live_gap, source, "lost", event.reason, None)
 
     def _live_gap(self, source: SourceRecording, what: str, why: str, live: Interruption | None) -> None:
-        """A stall (its times) or a loss (zero length, now) as a gap of its own, unless one is open."""
+        """A stall (its times) or a loss (zero length, now) as a gap of its own, unless a run's gap is open
+        (it covers the source's picture and sound already). The sound's gap open meanwhile does not take it
+        in: it lost the picture too (gaps may overlap); that gap counts the stall's time within it."""
         reason = f"GB/T 28181 live media {what}: {why}"
         if self._stop.is_set():
             return
@@ -840,14 +907,26 @@ class SessionRecording:
             if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
                 source.gap_reason = reason
             return
-        if source.audio_gap_from_ns is not None:  # within the sound's gap: said when it closes
-            source.audio_gap_last_reason = reason
-            return
         now = time.time_ns()
         from_ns = (ns_from_wall_text(live.began_at) if live else None) or now
-        to_ns = (ns_from_wall_text(live.ended_at) if live else None) or from_ns
-        source.queue.put_nowait(GapOpened(from_ns, reason, (("live", what),)))
-        source.queue.put_nowait(GapClosed(to_ns))
+        to_ns = max(from_ns, (ns_from_wall_text(live.ended_at) if live else None) or from_ns)
+        if source.audio_gap_from_ns is not None:
+            source.audio_gap_stalled_ns += max(0, to_ns - max(from_ns, source.audio_gap_from_ns))
+        source.queue.put_nowait(GapWhole(from_ns, to_ns, reason, (("live", what),)))
+
+    def _stall_at_stop(self, source: SourceRecording, now_ns: int) -> None:
+        """The session stopped while its GB/T 28181 channel had no media for its stall threshold or longer
+        (noted at stop()): the live layer tells a stall only once media comes again, which the stop cut
+        off. A gap from the last media to the stop (to the runs' end if the stall still lasts, else to when
+        the stop was asked), unless a run's gap is open (it is closed at the stop)."""
+        stalled_from = source.stalled_at_stop_ns
+        if stalled_from is None or self._ending_reason is not None or source.gap_from_ns is not None:
+            return
+        still = source.gb is not None and source.gb.stalled_since_ns() == stalled_from
+        to_ns = max(stalled_from, now_ns if still or self._stop_asked_ns is None else self._stop_asked_ns)
+        seconds = (to_ns - stalled_from) / 1e9
+        reason = f"GB/T 28181 live media stalled: no media for {seconds:.1f} s until the session stopped"
+        source.queue.put_nowait(GapWhole(stalled_from, to_ns, reason, (("live", "stalled"),), to_stop=True))
 
     def _feed_dropped(self, drop: FeedDrop) -> None:
         """The relay dropped packets of a source's feed the composite did not take (slow, stopped, or
@@ -937,6 +1016,11 @@ class SessionRecording:
                         gap, attempts_at_open = work, source.runs
                         await self._gap_entry(source, "open", work.from_ns, None, work.reason,
                                               **dict(work.detail))
+                elif isinstance(work, GapWhole):
+                    detail = dict(work.detail)
+                    await self._gap_entry(source, "open", work.from_ns, None, work.reason, **detail)
+                    await self._gap_entry(source, "closed", work.from_ns, work.to_ns, work.reason, attempts=0,
+                                          to_stop=work.to_stop, **detail)
                 elif gap is not None:
                     attempts = source.runs - attempts_at_open
                     extra = {"last_reason": source.gap_reason, **dict(gap.detail), **dict(work.detail)}

@@ -3,6 +3,7 @@ history, station ledgers, items, metadata history, queries."""
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from edge.central.index import (
     validate_station_id,
 )
 from edge.central.postgres import PostgresDatabase, PostgresIndex
+from edge.central.sql import index as sql_index_module
 from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV
@@ -125,6 +127,44 @@ def test_station_ledger_is_append_only_and_must_extend_the_head(
     entry = index.ledger_entry(station.station_id, 1)
     assert entry == entries[0]
     assert [e.seq for e in index.ledger_entries(station.station_id, item=a.item)] == [1, 2]
+
+
+@pytest.mark.parametrize("page_rows", [3, 10_000], ids=["pages-of-3", "control-one-page"])
+def test_ledger_entries_read_page_by_page_are_the_whole_filtered_range(
+    index: BackendIndex, station: FakeStation, monkeypatch: pytest.MonkeyPatch, page_rows: int
+) -> None:
+    # Each statement reads at most page_rows entries (a disclosure package may walk a station's whole
+    # ledger, and both backends take a statement's rows whole): the pages joined are the same entries as one
+    # statement would give, with every filter, whatever the page size (control: one page).
+    monkeypatch.setattr(sql_index_module, "LEDGER_PAGE_ROWS", page_rows)
+    statements: list[str] = []
+    enroll(index, station)
+    items = [station.acquire(f"clip {n}".encode()).item for n in range(5)]
+    for n in range(3):
+        station.record("error", None, {"reason": f"r{n}"})
+    entries = list(station.ledger.entries())
+    with index.transaction():
+        index.insert_ledger_entries(station.station_id, entries, "t")
+    real_conn: Any = inspect.getattr_static(index, "conn")  # the backend's property
+
+    class Counting:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        def execute(self, query: str, args: Any = ()) -> Any:
+            if "FROM station_ledger" in query:
+                statements.append(query)
+            return self._conn.execute(query, args)
+
+    monkeypatch.setattr(type(index), "conn", property(lambda self: Counting(real_conn.fget(self))))
+    assert [e.seq for e in index.ledger_entries(station.station_id)] == [e.seq for e in entries]
+    # The whole ledger: one statement a page (the last one short), one statement in all for the control.
+    assert len(statements) == len(entries) // page_rows + 1, (len(entries), statements)
+    assert [e.seq for e in index.ledger_entries(station.station_id, 4, end_seq=9)] == list(range(4, 10))
+    assert ([e.item for e in index.ledger_entries(station.station_id, item=items[3])]
+            == [e.item for e in entries if e.item == items[3]])
+    assert ([e.seq for e in index.ledger_entries(station.station_id, type_="error")]
+            == [e.seq for e in entries if e.type == "error"])
 
 
 def _accept(index: BackendIndex, station: FakeStation, leaf: int, **kwargs: str) -> str:

@@ -41,7 +41,7 @@ async def test_a_revoked_station_s_refusals_are_recorded_at_a_rate_and_the_next_
 ) -> None:
     mosquitto, pki = broker
     now = [0.0]
-    central.running.parts.auth.broker_refusals = RecordRate(10, monotonic=lambda: now[0])
+    central.running.parts.auth.refusal_rate = RecordRate(10, monotonic=lambda: now[0])
     revoked, other = FakeStation("st-r"), FakeStation("st-o")
     central.enroll(revoked)
     central.enroll(other)

@@ -277,6 +277,12 @@ class LineUploads:
             upload.path.unlink(missing_ok=True)
         return upload is not None
 
+    def remove_unleased(self, upload_id: str) -> bool:
+        return self.remove(upload_id)  # no leases: one registration at a time on this line
+
+    def release_lease(self, upload_id: str) -> None:
+        return None
+
 
 @dataclass
 class LineReceiver:

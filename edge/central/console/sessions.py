@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -142,6 +143,9 @@ class SessionStore:
         self.touch_every_s = min(60.0, idle_s / 20)
         self.clock = clock
         self._playbacks: OrderedDict[bytes, dict[str, int]] = OrderedDict()
+        # The console's reads (look_up) run in its two reader threads and settle/end on the loop: the
+        # OrderedDict's reordering and eviction are not atomic.
+        self._playbacks_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SessionStore(idle_s={self.idle_s}, absolute_s={self.absolute_s})"
@@ -213,7 +217,7 @@ class SessionStore:
         restart a live session's idle timer; returns the live session."""
         if found.session is None:
             self.backend.end_session(found.key)
-            self._playbacks.pop(found.key, None)
+            self._forget_playbacks(found.key)
             return None
         touch = found.touch
         if touch is not None and self.backend.touch_session(found.key, touch.now, mac=touch.mac,
@@ -225,7 +229,7 @@ class SessionStore:
         if not token or len(token) > _MAX_TOKEN_CHARS:
             return False
         key = self._key(token)
-        self._playbacks.pop(key, None)
+        self._forget_playbacks(key)
         return self.backend.end_session(key)
 
     def end_reader(self, reader: str) -> int:
@@ -233,11 +237,16 @@ class SessionStore:
         return self.backend.end_sessions_of(reader)
 
     def _playbacks_of(self, key: bytes) -> dict[str, int]:
-        playbacks = self._playbacks.get(key)
-        if playbacks is None:
-            playbacks = self._playbacks[key] = {}
-            while len(self._playbacks) > _PLAYBACK_SESSIONS:
-                self._playbacks.popitem(last=False)
-        else:
-            self._playbacks.move_to_end(key)
-        return playbacks
+        with self._playbacks_lock:
+            playbacks = self._playbacks.get(key)
+            if playbacks is None:
+                playbacks = self._playbacks[key] = {}
+                while len(self._playbacks) > _PLAYBACK_SESSIONS:
+                    self._playbacks.popitem(last=False)
+            else:
+                self._playbacks.move_to_end(key)
+            return playbacks
+
+    def _forget_playbacks(self, key: bytes) -> None:
+        with self._playbacks_lock:
+            self._playbacks.pop(key, None)

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import psycopg
 
+from edge.central.config import CONSOLE_READ_TIME_LIMIT_S, STATION_READ_TIME_LIMIT_S
 from edge.central.postgres.console import PostgresConsoleStore
 from edge.central.postgres.equipment import PostgresEquipmentRows
 from edge.central.postgres.index import PostgresIndex
@@ -45,11 +46,10 @@ _CONNECT_TIMEOUT_S = 10
 # (opened at its first read): the stations' and the console's, so that slow auditor reads holding every
 # thread of theirs leave the stations' requests served (review 13).
 _READER_THREADS = 2
-# The longest a reader's statement runs (lock waits included) before PostgreSQL cancels it, so that a
-# held table does not keep a reader thread for as long as it is held: a station retries, an auditor's
-# search over a province may take longer. Configurable: central.index.*_statement_timeout_s.
-STATION_STATEMENT_TIMEOUT_S = 10.0
-CONSOLE_STATEMENT_TIMEOUT_S = 30.0
+# The longest a reader's statement runs (lock waits included) before PostgreSQL cancels it
+# (edge.central.storage, shared with SQLite's reader threads).
+STATION_STATEMENT_TIMEOUT_S = STATION_READ_TIME_LIMIT_S
+CONSOLE_STATEMENT_TIMEOUT_S = CONSOLE_READ_TIME_LIMIT_S
 
 _T = TypeVar("_T")
 

@@ -422,6 +422,22 @@ class SharedTusStore:
         termination drops the upload before the claim reads it, or it sees the claim's lease."""
         return self._remove(upload_id, terminating=True)
 
+    def remove_unleased(self, upload_id: str) -> bool:
+        """:meth:`remove` unless a registration (on any receiver) holds the complete upload (False then)."""
+        try:
+            return self._remove(upload_id, terminating=True)
+        except UploadLeasedError:
+            return False
+
+    def release_lease(self, upload_id: str) -> None:
+        """End the lease :meth:`staged` gave (a registration that failed): the station may terminate the
+        upload again, and the purge take it past its expiry."""
+        if not is_upload_id(upload_id):
+            return
+        with self._connections.borrowed() as conn, conn.transaction():
+            self._hold_for_claim(conn, upload_id)
+            conn.execute("UPDATE tus_uploads SET leased_until = NULL WHERE upload_id = %s", (upload_id,))
+
     def _remove(self, upload_id: str, *, terminating: bool) -> bool:
         if not is_upload_id(upload_id):
             return False

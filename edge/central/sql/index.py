@@ -103,6 +103,10 @@ def scope_clause(scope: ReaderScope, item_column: str = "i.item") -> tuple[str, 
     return f"({unit_sql} AND {sensitive_sql})", args
 
 
+# Ledger entries read per statement by SqlIndex.ledger_entries (a few MiB at most).
+LEDGER_PAGE_ROWS = 2000
+
+
 class SqlIndex(SqlLockExtensions, ABC):
     """The index's queries on a backend's connection (``?`` SQL, rows by index and name), with the pending
     object-lock extensions (:mod:`edge.central.sql.lock_extensions`), written in the index's transaction."""
@@ -291,21 +295,34 @@ class SqlIndex(SqlLockExtensions, ABC):
         item: str | None = None,
         type_: str | None = None,
     ) -> Iterator[LedgerEntry]:
-        """Accepted entries in seq order from ``start_seq`` up to ``end_seq`` (inclusive), filtered."""
+        """Accepted entries in seq order from ``start_seq`` up to ``end_seq`` (inclusive), filtered.
+
+        Read a page of :data:`LEDGER_PAGE_ROWS` at a time, each page its own statement from the last seq
+        read: both backends' readers take a statement's rows whole (psycopg's client-side cursor, the
+        SQLite readers' :class:`~edge.central.sqlite.reads.ReadRows`), and a disclosure package or a spot
+        check may walk a station's whole ledger, so one statement for all of it would hold every entry in
+        memory at once. The ledger is append-only, so pages read one after the other are consistent."""
         sql = ("SELECT seq, time, type, item, data, prev, hash FROM station_ledger "
                "WHERE station = ? AND seq >= ?")
-        args: list[Any] = [station_id, start_seq]
+        filters: list[Any] = []
         if end_seq is not None:
             sql += " AND seq <= ?"
-            args.append(end_seq)
+            filters.append(end_seq)
         if item is not None:
             sql += " AND item = ?"
-            args.append(item)
+            filters.append(item)
         if type_ is not None:
             sql += " AND type = ?"
-            args.append(type_)
-        for row in self.conn.execute(sql + " ORDER BY seq", args):
-            yield ledger_entry_from_row(station_id, row)
+            filters.append(type_)
+        sql += f" ORDER BY seq LIMIT {LEDGER_PAGE_ROWS}"
+        next_seq = start_seq
+        while True:
+            rows = list(self.conn.execute(sql, [station_id, next_seq, *filters]))
+            for row in rows:
+                yield ledger_entry_from_row(station_id, row)
+            if len(rows) < LEDGER_PAGE_ROWS:
+                return
+            next_seq = int(rows[-1][0]) + 1
 
     def insert_ledger_entries(
         self, station_id: str, entries: Sequence[LedgerEntry], accepted_utc: str

@@ -12,6 +12,13 @@ statement sees the transactions committed when it began, never the writer's unco
 write the loop committed before handing a read over is seen by it. So an auditor's search over a large
 index no longer stalls the loop (uploads, registrations, ``/healthz``) of a one-site central.
 
+Reader connections run each statement to its end inside ``execute`` (:mod:`edge.central.sqlite.reads`), so
+no read transaction stays open while Python code holds a cursor: overlapping reads leave the WAL's
+checkpoint gaps to restart the log in, and ``journal_size_limit`` truncates it then (README "The central's
+database behind protocols"). Each statement has its reader kind's time limit (PostgreSQL's statement
+timeouts: stations 10 s, console 30 s, configurable), and :meth:`SqliteDatabase.close` refuses the reads
+still queued and stops the running ones.
+
 A read that records something (the authenticator's refusal, in the reader's thread) opens a transaction:
 its statements go to the read-write connection, as every transaction's do, under the writer mutex that
 :meth:`SqliteDatabase.run_writes` holds too, so that no two threads ever interleave on that connection and
@@ -30,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from edge.central.config import CentralLayout
+from edge.central.config import CONSOLE_READ_TIME_LIMIT_S, STATION_READ_TIME_LIMIT_S, CentralLayout
 from edge.central.sqlite.console import SqliteConsoleStore
 from edge.central.sqlite.console import create_schema as create_console_schema
 from edge.central.sqlite.console import migrate as migrate_console
@@ -41,6 +48,7 @@ from edge.central.sqlite.index import create_schema as create_index_schema
 from edge.central.sqlite.lock_extensions import create_schema as create_lock_extensions_schema
 from edge.central.sqlite.log import SqliteLogStore
 from edge.central.sqlite.log import create_schema as create_log_schema
+from edge.central.sqlite.reads import ReaderConnection, ReadsClosed
 from edge.central.sqlite.trail import create_trail_schema, register_sealer
 from edge.central.storage import Readers
 from edge.durable.files import create_private_file, ensure_private_dir
@@ -55,6 +63,12 @@ _T = TypeVar("_T")
 _READER_THREADS = 2
 # How long a reader waits for a lock SQLite takes briefly even in WAL mode (opening, a checkpoint's end).
 _READER_BUSY_TIMEOUT_S = 30
+# What the reader threads' statements are called in their errors.
+_READS_OF = {Readers.STATIONS: "a read for a station", Readers.CONSOLE: "a read for the console"}
+# The write-ahead log left on disk after the checkpoint that starts it over: a log grown past it while
+# reads kept it from being started over (an auditor's long searches overlapping) shrinks back to this.
+# SQLite's autocheckpoint (1000 pages, about 4 MB) starts it over once every read has ended.
+WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024
 
 
 def readonly_uri(db_path: Path) -> str:
@@ -72,10 +86,14 @@ class SqliteDatabase:
 
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
-    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None, *,
+                 read_time_limits_s: dict[Readers, float] | None = None) -> None:
         # The read-write connection: every write, and the reads not handed to run_reads.
         self._conn = conn
         self.path = path
+        # Each reader kind's time limit per statement (edge.central.sqlite.reads).
+        self._read_time_limits_s = {Readers.STATIONS: STATION_READ_TIME_LIMIT_S,
+                                    Readers.CONSOLE: CONSOLE_READ_TIME_LIMIT_S, **(read_time_limits_s or {})}
         self._reader_threads: dict[Readers, ThreadPoolExecutor] = {}
         # In a reader thread: its own read-only connection (``conn``).
         self._reader_local = threading.local()
@@ -123,8 +141,10 @@ class SqliteDatabase:
         return self._equipment
 
     @classmethod
-    def open(cls, db_path: Path) -> SqliteDatabase:
-        """Open (creating if missing) the database with the index and log tables and triggers."""
+    def open(cls, db_path: Path, *, read_time_limits_s: dict[Readers, float] | None = None) -> SqliteDatabase:
+        """Open (creating if missing) the database with the index and log tables and triggers;
+        ``read_time_limits_s``: the reader threads' time limit per statement, by kind (default: stations
+        10 s, console 30 s)."""
         ensure_private_dir(db_path.parent)
         # SQLite gives the -wal and -shm files the database file's mode: create it private first.
         create_private_file(db_path)
@@ -135,9 +155,10 @@ class SqliteDatabase:
             # FULL: an acceptance the station was told about survives power loss, not only a crash.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             # The console trails' seals (edge.central.sqlite.trail), keyed from the store's console key.
             sealer = register_sealer(conn, CentralLayout(db_path.parent).console_key)
-            database = cls(conn, db_path)
+            database = cls(conn, db_path, read_time_limits_s=read_time_limits_s)
             database.use_trail_key = sealer.use
             with database.transaction():
                 create_index_schema(conn)
@@ -187,34 +208,44 @@ class SqliteDatabase:
         see it)."""
         if self.path is None:
             return work()
+        if self._closed:
+            raise ReadsClosed(f"{_READS_OF[readers]} was refused: the central's index is closing")
         threads = self._reader_threads.get(readers)
         if threads is None:
-            if self._closed:
-                raise sqlite3.ProgrammingError(f"{self!r} is closed")
             threads = self._reader_threads[readers] = ThreadPoolExecutor(
                 max_workers=_READER_THREADS, thread_name_prefix=f"sqlite-reader-{readers.value}")
-        return await asyncio.get_running_loop().run_in_executor(threads, functools.partial(self._read, work))
+        return await asyncio.get_running_loop().run_in_executor(
+            threads, functools.partial(self._read, work, readers))
 
-    def _read(self, work: Callable[[], _T]) -> _T:
-        """In a reader thread: ``work()`` with this thread's connection as :attr:`conn`."""
+    def _is_closing(self) -> bool:
+        return self._closed
+
+    def _read(self, work: Callable[[], _T], readers: Readers) -> _T:
+        """In a reader thread: ``work()`` with this thread's connection as :attr:`conn`; refused when the
+        database began closing while it was queued."""
+        if self._closed:
+            raise ReadsClosed(f"{_READS_OF[readers]} was refused: the central's index is closing")
         if getattr(self._reader_local, "conn", None) is None:
             assert self.path is not None
             # Autocommit: each read statement its own read transaction, none left open to hold the WAL.
             conn = sqlite3.connect(readonly_uri(self.path), uri=True, isolation_level=None,
-                                   timeout=_READER_BUSY_TIMEOUT_S,
+                                   timeout=_READER_BUSY_TIMEOUT_S, factory=ReaderConnection,
                                    check_same_thread=False)  # closed by close(), in another thread
+            assert isinstance(conn, ReaderConnection)
             conn.row_factory = sqlite3.Row
+            conn.limit(_READS_OF[readers], self._read_time_limits_s[readers], self._is_closing)
             with self._reader_conns_lock:
                 if self._closed:
                     conn.close()
-                    raise sqlite3.ProgrammingError(f"{self!r} is closed")
+                    raise ReadsClosed(f"{_READS_OF[readers]} was refused: the central's index is closing")
                 self._reader_conns.append(conn)
             self._reader_local.conn = conn
         return work()
 
     def close(self) -> None:
-        """Close the connections, after the reads under way (interrupted: a long search ends with
-        ``sqlite3.OperationalError`` rather than holding the stop; their threads are waited for)."""
+        """Close the connections, after the reads under way: from now on every read statement is refused
+        or stopped (:class:`~edge.central.sqlite.reads.ReadsClosed`), the reads queued in the threads
+        included, so a long search ends at once rather than holding the stop; the threads are waited for."""
         with self._reader_conns_lock:
             self._closed = True
             for conn in self._reader_conns:
