@@ -9,13 +9,25 @@ rooms, with its members, such as the rooms recording, and the group's rule for t
 that can wait keeps those bytes free too, or is refused as the store being full (the original stays on its
 device and is copied at a later docking).
 
+Bookings (review rev11e): a check reads the free space once, at the start of what it writes, so the bytes
+other writers that can wait have passed their own check for and not yet written are in no free figure. Each
+such writer (a docking copy, a disc export's staging, an attached document) books its expected size here,
+and every check counts the bookings as taken: two copies at once never both pass on the same free bytes,
+and a room's start (edge.rooms.service) counts them before it finds its space. A copy lowers its booking as
+it writes (the bytes written are in the free figure from then on) and gives it up when it ends. A check
+books first and then reads the others' bookings and the free space, in that order: of two checks at once
+each counts the other, or the later counts the earlier (never neither); a booking made after one's own is
+not counted by it (:meth:`KeptSpace.booked_before`), so of two at once the earlier can pass.
+
 This module knows no group: edge.rooms registers its rule (edge.rooms.space.rooms_kept_free), so edge.ingest
-never imports edge.rooms.
+never imports edge.rooms. Copies run in worker threads: its state is behind a lock, held for no I/O.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,30 +62,63 @@ class SpaceKeptError(StoreFullError):
 KeptFreeRule = Callable[[Sequence[str]], KeptFree]
 
 
+# The kind of a docking copy's (or a GB/T 28181 download's copy into the store) booking.
+COPY_BOOKING = "copy"
+
+
+@dataclass(eq=False)  # one booking is itself: released by identity
+class Booking:
+    """Bytes a writer that can wait passed its check for and has still to write."""
+
+    kind: str  # "copy", "disc export", "document": how a refusal counts it
+    what: str  # printable: the device and file shown, the session
+    remaining: int
+    order: int  # when it was booked: a check counts only the bookings made before its own
+
+
+def said_bookings(bookings: Sequence[Booking]) -> str:
+    """For a refusal: "2 copies (24.0 MiB) and 1 disc export (30.0 MiB)" (empty when none)."""
+    kinds: dict[str, list[int]] = {}
+    for booking in bookings:
+        kinds.setdefault(booking.kind, []).append(booking.remaining)
+    return " and ".join(
+        f"{len(sizes)} {kind}(s) in progress ({sum(sizes) / (1 << 20):.1f} MiB still to write)"
+        for kind, sizes in sorted(kinds.items()))
+
+
 class KeptSpace:
-    """The groups holding space now, each with its members; shared by every copy into one store."""
+    """The groups holding space now, each with its members, and the bookings of writers that can wait;
+    shared by every copy into one store."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._members: dict[str, list[str]] = {}
         self._rules: dict[str, KeptFreeRule] = {}
+        self._bookings: list[Booking] = []
+        self._order = itertools.count()
 
     @contextlib.contextmanager
     def holding(self, group: str, member: str, rule: KeptFreeRule) -> Iterator[None]:
         """`member` of `group` holds the group's space (by `rule`) for as long as the block runs."""
-        self._rules[group] = rule
-        self._members.setdefault(group, []).append(member)
+        with self._lock:
+            self._rules[group] = rule
+            self._members.setdefault(group, []).append(member)
         try:
             yield
         finally:
-            members = self._members[group]
-            members.remove(member)
-            if not members:
-                del self._members[group]
+            with self._lock:
+                members = self._members[group]
+                members.remove(member)
+                if not members:
+                    del self._members[group]
 
     def now(self) -> list[KeptFree]:
-        """What each group holding space holds now (read at every copy: members come and go). On the event
-        loop, where the members register."""
-        return [self._rules[group](sorted(set(members))) for group, members in sorted(self._members.items())]
+        """What each group holding space holds now (read at every copy: members come and go). From any
+        thread."""
+        with self._lock:
+            held = [(self._rules[group], sorted(set(members)))
+                    for group, members in sorted(self._members.items())]
+        return [rule(members) for rule, members in held]
 
     def bytes_now(self) -> int:
         return sum(kept.bytes for kept in self.now())
@@ -82,3 +127,41 @@ class KeptSpace:
         """For a refusal: " and N held for ..." (empty when nothing is held)."""
         held = [kept for kept in self.now() if kept.bytes]
         return "".join(f" and {kept.bytes} held for {kept.what}" for kept in held)
+
+    # -- bookings --------------------------------------------------------------------------------
+
+    def book(self, kind: str, what: str, size: int) -> Booking:
+        """Book `size` bytes (before reading the free space it is checked against); give it up with
+        :meth:`release` on every path."""
+        with self._lock:
+            booking = Booking(kind, what, max(0, size), next(self._order))
+            self._bookings.append(booking)
+        return booking
+
+    def release(self, booking: Booking) -> None:
+        with self._lock:
+            if booking in self._bookings:
+                self._bookings.remove(booking)
+
+    def set_remaining(self, booking: Booking, remaining: int) -> None:
+        """What `booking` has still to write is `remaining` now (a writer whose size grows as it comes)."""
+        with self._lock:
+            booking.remaining = max(0, remaining)
+
+    def wrote(self, booking: Booking, count: int) -> None:
+        """`count` more bytes of `booking` are written: in the free figure from now on."""
+        with self._lock:
+            booking.remaining = max(0, booking.remaining - count)
+
+    def booked(self) -> list[Booking]:
+        """Every booking now (copies of them: a snapshot). Read before the free space it is set against."""
+        with self._lock:
+            return [Booking(b.kind, b.what, b.remaining, b.order) for b in self._bookings]
+
+    def booked_before(self, own: Booking) -> list[Booking]:
+        """The bookings made before `own` (a snapshot): what `own`'s check counts as taken."""
+        return [b for b in self.booked() if b.order < own.order]
+
+    @staticmethod
+    def total(bookings: Sequence[Booking]) -> int:
+        return sum(b.remaining for b in bookings)

@@ -62,7 +62,7 @@ from edge.ingest.copy import (
     reread_and_compare,
 )
 from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
-from edge.ingest.kept_space import KeptFree, KeptSpace, SpaceKeptError
+from edge.ingest.kept_space import COPY_BOOKING, KeptFree, KeptSpace, SpaceKeptError, said_bookings
 from edge.ingest.manifest import build_manifest
 from edge.ingest.repository import (
     REBUILD_FAILED,
@@ -622,33 +622,71 @@ class _Run:
         part = self.layout.tmp_copy(w.item)
         part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
         reserve = self.settings.min_free_bytes
-        # Read on the loop, where the holders come and go; each copy reads it afresh.
-        kept = self.pipeline.kept_space.now() if self.can_wait else []
-        kept_bytes = sum(k.bytes for k in kept)
+        kept_space = self.pipeline.kept_space
         needed = w.offered.size or 0
         what = f"{self.source.device}:{w.offered.display}"
+        device = f"{self.source.kind} device"
+        # A copy that can wait books its size before its check (edge.ingest.kept_space): copies at once, an
+        # export, a room's start each count the others' bytes still to write; released when it ends.
+        booking = kept_space.book(COPY_BOOKING, what, needed) if self.can_wait else None
         acquired_utc = station_time_now()
         counted = 0
+
+        def recheck() -> None:
+            """While it writes: a room that started since (or whose recording ate into what it holds)
+            ends the copy as the store being full, the original left on its device (review rev11e)."""
+            kept = [k for k in kept_space.now() if k.bytes]
+            if not kept:
+                return
+            booked = kept_space.booked()  # every copy's bytes still to write, this one's too; then statvfs
+            available = free_bytes(self.layout.tmp)
+            kept_bytes = sum(k.bytes for k in kept)
+            if available - KeptSpace.total(booked) < reserve + kept_bytes:
+                raise SpaceKeptError(
+                    f"{w.offered.display}: the station disk has {available} free with "
+                    f"{said_bookings(booked)}; it keeps {reserve} in reserve and {kept_bytes} for "
+                    f"{'; '.join(k.what for k in kept)}, who started recording while it copied: the copy "
+                    f"ends, the original stays on the {device} and is copied later, once they stop",
+                    kept,
+                )
 
         def progress(count: int) -> None:
             nonlocal counted
             counted += count
             self.progress.bytes_done += count
+            if booking is not None:
+                kept_space.wrote(booking, count)
+                recheck()
 
         def work() -> tuple[CopyResult, ReadMethod | None]:
+            try:
+                return check_and_copy()
+            finally:
+                if booking is not None:
+                    kept_space.release(booking)
+
+        def check_and_copy() -> tuple[CopyResult, ReadMethod | None]:
+            # Booked first, then the others' bookings and what the rooms hold, then the free space: see
+            # edge.ingest.kept_space. From this worker thread: the holders come and go on the loop.
+            others = [] if booking is None else kept_space.booked_before(booking)
+            kept = [k for k in kept_space.now() if k.bytes] if self.can_wait else []
+            kept_bytes = sum(k.bytes for k in kept)
             available = free_bytes(self.layout.tmp)
             if available - needed < reserve:
                 raise StoreFullError(
                     f"{w.offered.display}: needs {needed} bytes, station disk has {available} free "
                     f"(keeping {reserve} in reserve)"
                 )
-            if available - needed < reserve + kept_bytes:
-                holders = "; ".join(k.what for k in kept if k.bytes)
+            if available - KeptSpace.total(others) - needed < reserve + kept_bytes:
+                holders = "; ".join(k.what for k in kept)
+                held = f" and {kept_bytes} for {holders}" if kept else ""
+                copying = f", of which {said_bookings(others)} will take" if others else ""
+                waits = "once they stop" if kept else "once the copies before it are done"
                 raise SpaceKeptError(
-                    f"{w.offered.display}: needs {needed} bytes, station disk has {available} free, keeping "
-                    f"{reserve} in reserve and {kept_bytes} for {holders}: it stays on the "
-                    f"{self.source.kind} device and is copied later, once they stop",
-                    [k for k in kept if k.bytes],
+                    f"{w.offered.display}: needs {needed} bytes, station disk has {available} free"
+                    f"{copying}, keeping {reserve} in reserve{held}: it stays on the {device} and is "
+                    f"copied later, {waits}",
+                    kept,
                 )
             reader = w.offered.open()
             try:

@@ -173,8 +173,11 @@ async def _attach(request: web.Request) -> web.Response:
     session = request.match_info["session"][:MAX_ROOM_CHARS]
     chunks = request.content.iter_chunked(ATTACH_CHUNK_BYTES)
     try:
+        # Its Content-Length (bounded there by the limit) is what the document books on the disk before any
+        # byte is written (edge.rooms.documents.DocumentSpace).
         attached = await request.app[ROOMS].attach(session, chunks, kind=request.query.get("kind"),
-                                                   name=request.query.get("name"), by=by)
+                                                   name=request.query.get("name"), by=by,
+                                                   expected_bytes=request.content_length)
     except RoomRefused as exc:
         return _json({"error": str(exc)}, exc.status)
     return _json(attached)

@@ -190,6 +190,8 @@ def _describe(action: str, answer: Any) -> str:
             f"{'?' if left is None else left} minutes at the present rate "
             f"({int(space.get('free_bytes') or 0) / 2**30:.1f} GiB free)"
         )
+    if isinstance(space, dict) and space.get("level") == "unknown":  # statvfs failing (edge.rooms.space)
+        lines.append(f"DISK SPACE UNKNOWN: {printable(str(space.get('error') or 'cannot be read'))[:200]}")
     reserve = answer.get("reserve")
     held = reserve.get("held") if isinstance(reserve, dict) else None
     if isinstance(held, list) and held:  # sources the recording reserve stopped (edge.rooms.reserve)

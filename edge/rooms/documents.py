@@ -13,6 +13,15 @@ A session takes at most [rooms] max_documents_per_session documents of at most
 max_document_bytes_per_session bytes together (counted from its ``attached`` entries): every document is
 kept for good and goes on the disc, so an attach beyond either is refused (status 413, naming the limit
 and what is attached already) before anything is written, or as soon as its bytes pass what is left.
+
+Space (review rev11e): a document is written twice on the store's disk (received, then its sealed copy),
+and it can wait (attached after the session stops, or once space is freed), so it keeps free what the rooms
+recording hold beyond the store's reserve, like a docking copy (edge.ingest.kept_space,
+edge.rooms.space.rooms_kept_free). Before anything is written it books twice its size as the request says it
+(Content-Length, at most the limit) in the store's one booking ledger, and before each chunk is written it
+checks the free space against the bytes still to come (twice what is received so far, at the least):
+refused with status 507 naming the rooms recording and the space needed, nothing left behind. Its sealed
+copy is a copy that can wait too (the pipeline's check, made again as it writes).
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from typing import Any
 
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
-from edge.durable.files import fsync_dir, make_dirs_durable
+from edge.durable.files import free_bytes, fsync_dir, make_dirs_durable
+from edge.ingest.kept_space import Booking, KeptSpace, said_bookings
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.sealing import seal_session_file
 from edge.rooms.session import RoomSession, SessionError, check_text
@@ -41,6 +51,9 @@ MAX_DOCUMENT_BYTES = 64 << 20  # a scanned 笔录 of a long proceeding fits; a r
 MAX_SHOWN_NAME = 128
 MAX_KIND = 32
 DEFAULT_KIND = "笔录"
+INSUFFICIENT_STORAGE = 507
+# How a document's booking is counted in the store's booking ledger (edge.ingest.kept_space).
+BOOKING_KIND = "document"
 # (magic prefix, type, stored extension)
 MAGIC: tuple[tuple[bytes, str, str], ...] = (
     (b"%PDF-", "application/pdf", "pdf"),
@@ -72,10 +85,54 @@ def document_type(head: bytes) -> tuple[str, str] | None:
     return None
 
 
+class DocumentSpace:
+    """The room a document being received needs on the store's disk, booked and checked (see the module's
+    note). `expected`: its size as the request said it (bounded by the caller), 0 when not said."""
+
+    def __init__(self, pipeline: IngestPipeline, what: str, expected: int) -> None:
+        self.kept_space: KeptSpace = pipeline.kept_space
+        self.reserve = pipeline.settings.min_free_bytes
+        self.expected = expected
+        self.booking: Booking = self.kept_space.book(BOOKING_KIND, what, self.still_to_write(0, 0))
+
+    def still_to_write(self, received: int, written: int) -> int:
+        """What is to come once `received` bytes arrived and `written` of them are on the disk: the rest
+        of them, the rest the request said, and the sealed copy of the whole."""
+        size = max(self.expected, received)
+        return (received - written) + (size - received) + size
+
+    def check(self, path: Path, received: int, written: int) -> None:
+        """DocumentRefused (507) when what is still to be written would take the disk into the store's
+        reserve or what the rooms recording hold. In a worker thread (statvfs); the booking made first,
+        the others' read before the free space (edge.ingest.kept_space)."""
+        needed = self.still_to_write(received, written)
+        self.kept_space.set_remaining(self.booking, needed)
+        others = self.kept_space.booked_before(self.booking)
+        kept = [k for k in self.kept_space.now() if k.bytes]
+        kept_bytes = sum(k.bytes for k in kept)
+        available = free_bytes(path)
+        if available - KeptSpace.total(others) - needed >= self.reserve + kept_bytes:
+            return
+        mib = 1 << 20
+        held = "".join(f" and {k.bytes / mib:.1f} MiB for {k.what}" for k in kept)
+        booked = f", of which {said_bookings(others)} will take" if others else ""
+        later = ("attach it once they stop (a stopped session takes documents) or free space first" if kept
+                 else "free space first")
+        raise DocumentRefused(
+            f"not enough free space for the document: it needs about {needed / mib:.1f} MiB more on the "
+            f"store's disk (received, then sealed: twice its size), which has {available / mib:.1f} MiB free"
+            f"{booked}, keeping {self.reserve / mib:.1f} MiB in reserve{held}: {later}", INSUFFICIENT_STORAGE)
+
+    def release(self) -> None:
+        self.kept_space.release(self.booking)
+
+
 async def receive_document(chunks: AsyncIterable[bytes], work_dir: Path,
-                           max_bytes: int = MAX_DOCUMENT_BYTES) -> ReceivedDocument:
+                           max_bytes: int = MAX_DOCUMENT_BYTES,
+                           space: DocumentSpace | None = None) -> ReceivedDocument:
     """Write `chunks` to a new file of `work_dir` (removed again when refused): DocumentRefused when it is
-    empty, larger than `max_bytes`, or not a PDF, JPEG or PNG by its content."""
+    empty, larger than `max_bytes`, or not a PDF, JPEG or PNG by its content, or (with `space`) when the
+    store's disk has no room for the bytes still to come (checked before each chunk is written)."""
     await asyncio.to_thread(make_dirs_durable, work_dir)
     token = uuid.uuid4().hex[:12]
     part = work_dir / f"document-{token}.part"
@@ -90,7 +147,7 @@ async def receive_document(chunks: AsyncIterable[bytes], work_dir: Path,
                     raise DocumentRefused(f"the document is larger than {max_bytes} bytes", 413)
                 if len(head) < 16:
                     head += chunk[: 16 - len(head)]
-                await asyncio.to_thread(_write_all, fd, chunk)
+                await asyncio.to_thread(_checked_write, fd, chunk, space, work_dir, size)
             await asyncio.to_thread(os.fsync, fd)
         finally:
             os.close(fd)
@@ -112,6 +169,13 @@ async def receive_document(chunks: AsyncIterable[bytes], work_dir: Path,
         raise
 
 
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing ancestor (the file system a new directory would be on)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 def attached_so_far(pipeline: IngestPipeline, session: RoomSession) -> tuple[int, int]:
     """(documents, their bytes together) attached to `session`, by its ``attached`` entries."""
     count = total = 0
@@ -121,6 +185,13 @@ def attached_so_far(pipeline: IngestPipeline, session: RoomSession) -> tuple[int
             count += 1
             total += size if isinstance(size, int) and size > 0 else 0
     return count, total
+
+
+def _checked_write(fd: int, chunk: bytes, space: DocumentSpace | None, work_dir: Path, received: int) -> None:
+    """One chunk, once `space` found room for it and what is still to come (in one worker thread)."""
+    if space is not None:
+        space.check(work_dir, received, received - len(chunk))
+    _write_all(fd, chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -143,9 +214,11 @@ async def attach_document(
     max_bytes: int | None = None,
     max_count: int | None = None,
     max_total_bytes: int | None = None,
+    expected_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Receive, check, seal and record one document of `session`: what the ``attached`` entry says.
-    `max_count` and `max_total_bytes`: what the session may hold in all, this document included."""
+    `max_count` and `max_total_bytes`: what the session may hold in all, this document included.
+    `expected_bytes`: its size as the request says it (Content-Length), for the space it books."""
     try:
         kind_text = check_text("kind", DEFAULT_KIND if kind is None else kind, MAX_KIND)
     except SessionError as exc:
@@ -163,25 +236,35 @@ async def attach_document(
                                   f"is {max_total_bytes} ([rooms] max_document_bytes_per_session)", 413)
         if left < limit:
             limit = left
+    # Said by the request, at most what it may be: a Content-Length beyond the limit books no more than it.
+    expected = min(max(expected_bytes or 0, 0), limit)
+    space = DocumentSpace(pipeline, f"session {session.session}", expected)
     try:
-        received = await receive_document(chunks, work_dir, limit)
+        # Before anything is written: a document that cannot fit is refused with nothing to remove.
+        await asyncio.to_thread(space.check, _existing(work_dir), 0, 0)
+        received = await receive_document(chunks, work_dir, limit, space)
     except DocumentRefused as exc:
         if exc.status == 413 and max_total_bytes is not None and limit < (max_bytes or MAX_DOCUMENT_BYTES):
             raise DocumentRefused(f"{exc} (the session's documents take {total} of its "
                                   f"{max_total_bytes} bytes already: [rooms] max_document_bytes_per_session)",
                                   413) from None
         raise
+    finally:
+        # Its sealed copy books itself as a copy that can wait (edge.ingest.pipeline).
+        space.release()
     try:
         item = await seal_session_file(
             pipeline, received.path, session=session, role=DOCUMENT_ROLE, station_id=station_id,
             clock_synchronised=clock_synchronised,
-            facts={"kind": kind_text, "name": shown, "type": received.media_type})
+            facts={"kind": kind_text, "name": shown, "type": received.media_type}, can_wait=True)
     finally:
         received.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # the session's work directory, when nothing else is in it
             work_dir.rmdir()
     if item is None:
-        raise DocumentRefused("the document could not be sealed (the ledger says why)", 507)
+        kept = [k for k in pipeline.kept_space.now() if k.bytes]
+        why = f": the space is kept for {'; '.join(k.what for k in kept)}" if kept else ""
+        raise DocumentRefused(f"the document could not be sealed (the ledger says why){why}", 507)
     record = pipeline.repository.item(item)
     assert record is not None
     data = {"room_session": session.session, "room": session.room, "kind": kind_text, "name": shown,

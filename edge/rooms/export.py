@@ -22,11 +22,12 @@ session's size on the store's file system, and the operator's output file takes 
 anything is copied, :func:`space_needed` estimates both (the files as the ledger sizes them, the image as
 those plus :data:`IMAGE_OVERHEAD_SHARE` and :data:`IMAGE_SLACK_BYTES`), and an export that would not fit,
 on the staging file system above the store's reserve or in the free bytes the caller reports for its
-output, is refused (status 507) with the figures, a ``refused`` entry. Exports running at once on the station
-each count what the others will still take (their estimates, held from their check to their end,
-:data:`_RUNNING`): two at once never both pass the check on the same free figure (review 27). A disk that
-fills anyway (another writer meanwhile) ends the export the same way; staging and image are removed on
-every failure.
+output, is refused (status 507) with the figures, a ``refused`` entry. Its estimate is booked in the store's
+one booking ledger (edge.ingest.kept_space, the pipeline's `kept_space`), from before its check to its end:
+exports, docking copies and attached documents running at once each count what the others will still take,
+and a room's start counts it (reviews 27 and 29, rev11e): two never both pass on the same free figure.
+A disk that fills anyway (another writer meanwhile) ends the export the same way; staging and image are
+removed on every failure.
 """
 
 from __future__ import annotations
@@ -64,10 +65,8 @@ STDERR_LINES_KEPT = 20
 IMAGE_OVERHEAD_SHARE = 0.05
 IMAGE_SLACK_BYTES = 8 << 20
 INSUFFICIENT_STORAGE = 507
-# The staging space of each export running on the station (its token: its estimate), counted by every
-# export that checks its space meanwhile. The agent is one process with one event loop: the check and the
-# entry here happen with no await between them.
-_RUNNING: dict[str, int] = {}
+# How an export's booking is counted in the store's booking ledger (edge.ingest.kept_space).
+BOOKING_KIND = "disc export"
 
 
 class ExportRefused(Exception):
@@ -343,12 +342,14 @@ def _mib(size: int) -> str:
 def _space_refusal(needed: SpaceNeeded, work_free: int, reserve_bytes: int,
                    output_free_bytes: int | None, others: Iterable[int] = (),
                    reserve_what: str = "the store's reserve") -> str | None:
-    """Why the export does not fit (the figures named), or None. `others`: what the exports running
-    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side).
+    """Why the export does not fit (the figures named), or None. `others`: what the exports, copies and
+    documents booked meanwhile will take (at most; part of it may be written already, and so counted
+    twice: the safe side).
     `reserve_what` says what `reserve_bytes` keeps free."""
     others = list(others)
     if work_free - sum(others) - needed.staging_bytes < reserve_bytes:
-        running = (f", of which {len(others)} other export(s) running will take about {_mib(sum(others))}"
+        running = (f", of which {len(others)} other export(s) or copies running will take about "
+                   f"{_mib(sum(others))}"
                    if others else "")
         return (f"not enough free space to stage the disc: it needs about {_mib(needed.staging_bytes)} "
                 f"({_mib(needed.staged_bytes)} of staged files and an image of about "
@@ -397,13 +398,20 @@ async def export_session(
         await _refuse(pipeline, session, by, str(exc), exc.status)
     stored = (repository.item(want.item) for want in wanted)
     needed = space_needed(record.size for record in stored if record is not None)
-    work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
-    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values(),
-                             reserve_what)
-    if too_big is not None:
-        await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
+    # Booked before the others' bookings and the free space are read (edge.ingest.kept_space): the order
+    # that keeps two checks at once from both passing on the same bytes.
+    booking = pipeline.kept_space.book(BOOKING_KIND, f"session {session}", needed.staging_bytes)
+    try:
+        others = pipeline.kept_space.booked_before(booking)
+        work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
+        too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes,
+                                 [b.remaining for b in others], reserve_what)
+        if too_big is not None:
+            await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
+    except BaseException:
+        pipeline.kept_space.release(booking)
+        raise
     token = uuid.uuid4().hex[:12]
-    _RUNNING[token] = needed.staging_bytes  # no await since the check: see _RUNNING
     staging = work_dir / f"export-{token}"
     image = work_dir / f"export-{token}.iso"
     try:
@@ -478,7 +486,7 @@ async def export_session(
         image.unlink(missing_ok=True)
         raise
     finally:
-        _RUNNING.pop(token, None)
+        pipeline.kept_space.release(booking)
         await asyncio.to_thread(shutil.rmtree, staging, True)
         with contextlib.suppress(OSError):  # the session's work directory, unless the image is in it
             work_dir.rmdir()

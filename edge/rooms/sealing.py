@@ -341,11 +341,13 @@ async def seal_session_file(
     station_id: str,
     clock_synchronised: bool,
     facts: Mapping[str, Any] | None = None,
+    can_wait: bool = False,
 ) -> str | None:
     """Seal a file the session produced (its manifest, its joined recordings, its statement, a document
     attached to it) as an item of the session; its item id, or None when the pipeline could not (its
     entries say why). `facts` adds to the manifest's facts (the source of a joined recording, a
-    document's kind)."""
+    document's kind). `can_wait`: the file can be sealed later (a document: attached again), so its copy
+    keeps free what the rooms recording hold (edge.ingest.kept_space); not so the session's own products."""
     info = os.stat(path, follow_symlinks=False)
     device = f"{session.room}/session"
     origin = Origin(
@@ -385,6 +387,6 @@ async def seal_session_file(
         open=file_opener(path, info, what, verification=False),
         reopen=file_opener(path, info, what, verification=True),
     )
-    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered], can_wait=False)
+    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered], can_wait=can_wait)
     item = run.items[0].item
     return item if item in run.sealed else None

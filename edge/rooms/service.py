@@ -43,10 +43,9 @@ from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
 from edge.gb28181.live import LiveStreams
-from edge.ingest.kept_space import KeptFree
+from edge.ingest.kept_space import KeptFree, KeptSpace, said_bookings
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms import export as export_module
 from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
@@ -506,6 +505,11 @@ class RoomService:
                     f"(case {current.case_number}, started {current.started_utc}): stop it first",
                     409,
                 )
+            # What exports, docking copies and attached documents in flight passed their own checks for and
+            # have yet to write (the store's one booking ledger, edge.ingest.kept_space): a start keeps it
+            # too, or both take the same bytes (review 29, rev11e). Read before the free space: a booking
+            # written meanwhile is in the free figure then, so it is never missed, at worst counted twice.
+            booked = self.pipeline.kept_space.booked()
             try:
                 free = await asyncio.to_thread(free_bytes, self.store.layout.root)
             except OSError as exc:  # unknown is not enough (edge.rooms.reserve: failing safe)
@@ -514,21 +518,16 @@ class RoomService:
             # The rooms recording already record into the same free space, each on the expected length it
             # was started with: a start keeps theirs too, one start_min_free_bytes a room (review 28).
             recording = sorted(self.active)
-            # A disc export in flight passed its own check on this free figure and has yet to write its
-            # staging (booked in export._RUNNING): a start keeps it too, or both take the same bytes
-            # (review 29). Read at call time: the bookings change as exports start and end.
-            exporting = list(export_module._RUNNING.values())
             # The recording margin above the reserve too: under it the recording reserve stops sources
             # (edge.rooms.reserve), so a start there would begin with a gap (review 29).
             # One rule with exports and docking copies: the margin and a start's worth for each room, this
             # one counted as recording already (edge.rooms.space.rooms_kept_free).
             needed = (self.pipeline.settings.min_free_bytes + self._rooms_kept_free([*recording, room]).bytes
-                      + sum(exporting))
+                      + KeptSpace.total(booked))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
-                if exporting:
-                    kept += (f", and the staging of {len(exporting)} disc export(s) in progress "
-                             f"({sum(exporting) / 2**30:.1f} GiB)")
+                if booked:
+                    kept += f", and what is still to be written by {said_bookings(booked)}"
                 await self._refuse(
                     "start",
                     room,
@@ -786,8 +785,10 @@ class RoomService:
     # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
 
     async def attach(self, session_id: str, chunks: AsyncIterable[bytes], *, kind: object, name: object,
-                     by: str) -> dict[str, Any]:
-        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
+                     by: str, expected_bytes: int | None = None) -> dict[str, Any]:
+        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped; refused (507)
+        when the store's disk has no room for it beside what the rooms recording hold (it can wait: a
+        stopped session takes documents). `expected_bytes`: its size as the request says it."""
         session = await self._known_session(session_id, "attach", by)
         try:
             async with self._attach_lock:  # one at a time: each counts what the ones before it took
@@ -796,7 +797,8 @@ class RoomService:
                     work_dir=products_dir(self.store.layout.root, session.session),
                     station_id=self.station_id, clock_synchronised=self.clock_synchronised(),
                     max_count=self.settings.max_documents_per_session,
-                    max_total_bytes=self.settings.max_document_bytes_per_session)
+                    max_total_bytes=self.settings.max_document_bytes_per_session,
+                    expected_bytes=expected_bytes)
         except DocumentRefused as exc:
             await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
 

@@ -65,6 +65,11 @@ class SpaceLevel(StrEnum):
     CRITICAL = "critical"
 
 
+# The state shown while the store's free space cannot be read (statvfs failing: EIO, a removed disk): never
+# the last reading, which would say "ok" and gigabytes free of a disk that may be gone (review rev11e).
+UNKNOWN = "unknown"
+
+
 _RANK = {SpaceLevel.OK: 0, SpaceLevel.LOW: 1, SpaceLevel.CRITICAL: 2}
 
 
@@ -167,9 +172,14 @@ class SpaceWatch:
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self.reading: SpaceReading | None = None
         self.level = SpaceLevel.OK
-        self._read_failed = False
+        # Why the last read of the free space failed (None: it did not); shown until a read succeeds.
+        self.read_error: str | None = None
 
     def status(self) -> dict[str, Any] | None:
+        if self.read_error is not None:
+            return {"level": UNKNOWN, "free_bytes": None, "reserve_bytes": self.reserve_bytes,
+                    "rate_bytes_per_s": None, "minutes_left": None,
+                    "error": f"the store's free space cannot be read: {self.read_error}"}
         return None if self.reading is None else self.reading.to_json()
 
     async def run(self) -> None:
@@ -183,6 +193,7 @@ class SpaceWatch:
         if not rooms:
             self._samples.clear()
             self.reading = None
+            self.read_error = None
             if self.level is not SpaceLevel.OK:
                 # The sessions ended while space was short: the warning is over with them.
                 await self._changed(SpaceLevel.OK, None, rooms)
@@ -190,11 +201,16 @@ class SpaceWatch:
         try:
             free = await asyncio.to_thread(self._read_free, self.path)
         except OSError as exc:
-            if not self._read_failed:
+            if self.read_error is None:
                 log.error("rooms: the store's free space cannot be read: %s", exc)
-                self._read_failed = True
-            return self.reading
-        self._read_failed = False
+            self.read_error = exc.strerror or type(exc).__name__
+            # The samples before the failure give no rate across it: the next reading starts afresh.
+            self._samples.clear()
+            self.reading = None
+            return None
+        if self.read_error is not None:
+            log.warning("rooms: the store's free space can be read again")
+        self.read_error = None
         now = self._clock()
         self._samples.append((now, free))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:

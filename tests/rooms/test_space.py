@@ -206,6 +206,37 @@ def test_a_status_without_a_warning_says_nothing_of_space() -> None:
     assert "DISK" not in _describe("status", {"rooms": [], "space": None})
 
 
+async def test_an_unreadable_disk_is_shown_as_unknown_with_its_error_until_it_reads_again(
+    tmp_path: Path,
+) -> None:
+    free: list[int | None] = [50 << 30, None, 40 << 30]
+
+    def read_free(path: Path) -> int:
+        value = free.pop(0)
+        if value is None:
+            raise OSError(5, "Input/output error")
+        return value
+
+    async def record(type_: str, data: dict[str, Any]) -> None:
+        return None
+
+    watch = SpaceWatch(tmp_path, reserve_bytes=0, check_s=10.0, window_s=120.0, warn_minutes=10.0,
+                       critical_minutes=1.0, recording_rooms=lambda: ["xw-1"], record=record,
+                       read_free=read_free)
+    await watch.check()
+    await watch.check()
+    status = watch.status()
+    assert status is not None and status["level"] == "unknown" and status["free_bytes"] is None
+    assert "Input/output error" in status["error"]
+    said = _describe("status", {"rooms": [], "space": status})
+    assert "DISK SPACE UNKNOWN" in said and "Input/output error" in said
+    # Control: a read that succeeds again is shown, the error gone.
+    await watch.check()
+    status = watch.status()
+    assert status is not None and status["level"] == "ok" and status["free_bytes"] == 40 << 30
+    assert "DISK" not in _describe("status", {"rooms": [], "space": status})
+
+
 def test_the_thresholds_are_checked_when_the_config_is_read() -> None:
     with pytest.raises(ValueError, match="space_critical_minutes"):
         rooms_config(space_warn_minutes=5.0, space_critical_minutes=5.0)

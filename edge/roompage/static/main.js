@@ -131,6 +131,11 @@ function renderSpace() {
     setText(element, w.spaceReserve(held.map(String).join(", ")));
     element.dataset.level = "critical";
     show(element, true);
+  } else if (level === "unknown") {
+    // The store's free space cannot be read (edge/rooms/space.py): no figure is shown as if current.
+    setText(element, w.spaceUnknown(String(space.error ?? "")));
+    element.dataset.level = "critical";
+    show(element, true);
   } else if (level === "low" || level === "critical") {
     const minutes = typeof space.minutes_left === "number" ? Math.round(space.minutes_left) : w.spaceUnknownMinutes;
     setText(element, level === "critical" ? w.spaceCritical(minutes) : w.spaceLow(minutes));
