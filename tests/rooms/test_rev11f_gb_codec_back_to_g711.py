@@ -41,7 +41,8 @@ async def _run(chunks: list[bytes]) -> tuple[GbRunFeed, bytes]:
     outs = [bytearray() for _ in feed.pass_fds]
     never = asyncio.Event()
     try:
-        readers = [asyncio.create_task(_drain(fd, out, never)) for fd, out in zip(feed.pass_fds, outs, strict=True)]
+        readers = [asyncio.create_task(_drain(fd, out, never))
+                   for fd, out in zip(feed.pass_fds, outs, strict=True)]
         await asyncio.wait_for(feed.pump(), 60)
         await asyncio.wait_for(asyncio.gather(*readers), 60)
     finally:
