@@ -101,6 +101,31 @@ async def _drain(fd: int, into: bytearray, until: asyncio.Event) -> None:
         into += data
 
 
+async def pump_both_pipes(feed: GbRunFeed) -> tuple[bytes, bytes]:
+    """A prepared feed with sound pumped to its end, both pipes read as ffmpeg would: (video, sound)."""
+    assert len(feed.pass_fds) == 2
+    video, sound, never = bytearray(), bytearray(), asyncio.Event()
+    try:
+        readers = [asyncio.create_task(_drain(fd, out, never))
+                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
+        await asyncio.wait_for(feed.pump(), 60)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+    finally:
+        feed.close()
+    return bytes(video), bytes(sound)
+
+
+async def record_a_law_sound(chunks: list[bytes]) -> tuple[bytes, GbRunFeed, list[AudioGapEvent]]:
+    """A camera's stream (its PSM lists A-law sound) through a feed to its end: the sound pipe's bytes, the
+    feed, and the audio gap events it reported."""
+    events: list[AudioGapEvent] = []
+    feed = GbRunFeed(ScriptedReader(chunks), what="test channel", on_audio_gap=events.append)
+    await feed.prepare()
+    assert feed.audio_codec is Codec.G711A and len(feed.pass_fds) == 2
+    _, sound = await pump_both_pipes(feed)
+    return sound, feed, events
+
+
 async def test_video_and_sound_go_to_their_own_pipes_and_end_with_the_channel() -> None:
     chunks = _stream(30.0, audio=True)
     reader = ScriptedReader(chunks)
@@ -109,14 +134,7 @@ async def test_video_and_sound_go_to_their_own_pipes_and_end_with_the_channel() 
     assert feed.audio_codec is Codec.G711A and len(feed.pass_fds) == 2
     assert [i.format for i in feed.inputs] == ["mpeg", "alaw"]
     assert [i.url for i in feed.inputs] == [f"pipe:{fd}" for fd in feed.pass_fds]
-    video, sound, never = bytearray(), bytearray(), asyncio.Event()
-    try:
-        readers = [asyncio.create_task(_drain(fd, out, never))
-                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
-        await asyncio.wait_for(feed.pump(), 60)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)  # both pipes ended: ffmpeg's inputs end
-    finally:
-        feed.close()
+    video, sound = await pump_both_pipes(feed)  # both pipes ended: ffmpeg's inputs end
     assert feed.end_reason is None and reader.closed
     assert len(video) == sum(len(c) for c in chunks) and b"\x00\x00\x01\xc0" not in video
     assert bytes(sound) == b"\x2a" * (30 * 8000)  # every sample, none filled
@@ -268,12 +286,5 @@ async def test_audio_of_a_stream_the_psm_does_not_list_is_counted_and_dropped() 
         chunks.append(chunk + muxer.audio_frame(b"\x2a" * 320, pts))
     feed = GbRunFeed(ScriptedReader(chunks), what="test channel")
     await feed.prepare()
-    sound, video, never = bytearray(), bytearray(), asyncio.Event()
-    try:
-        readers = [asyncio.create_task(_drain(fd, out, never))
-                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
-        await asyncio.wait_for(feed.pump(), 60)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)
-    finally:
-        feed.close()
+    _, sound = await pump_both_pipes(feed)
     assert bytes(sound) == b"\x2a" * (2 * 8000) and feed.status()["unlisted_audio_pes"] == 50

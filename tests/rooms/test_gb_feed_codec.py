@@ -7,17 +7,15 @@ no end reason). Feed over real pipes with the scripted reader of tests.rooms.tes
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 
 from drivers.gb28181.ps import Codec, PsMuxer
 from edge.rooms.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, convert
-from edge.rooms.gb_audio import AudioGapEvent
-from edge.rooms.gb_feed import AUDIO_CODEC_CHANGED_REASON, GbRunFeed
+from edge.rooms.gb_feed import AUDIO_CODEC_CHANGED_REASON
 from tests.prerequisites import require
 from tests.rooms.conftest import HAVE_FFMPEG
-from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, ScriptedReader, _drain
+from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, record_a_law_sound
 
 ALAW_TONE = 0x2A
 ULAW_TONE = 0x35
@@ -57,41 +55,25 @@ def _stream(seconds: float, *, switch_to: Codec | None, at_s: float = 2.0) -> li
     return chunks
 
 
-async def _record(chunks: list[bytes]) -> tuple[bytes, GbRunFeed, list[AudioGapEvent]]:
-    events: list[AudioGapEvent] = []
-    feed = GbRunFeed(ScriptedReader(chunks), what="test channel", on_audio_gap=events.append)
-    await feed.prepare()
-    assert feed.audio_codec is Codec.G711A and len(feed.pass_fds) == 2
-    video, sound, never = bytearray(), bytearray(), asyncio.Event()
-    try:
-        readers = [asyncio.create_task(_drain(fd, out, never))
-                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
-        await asyncio.wait_for(feed.pump(), 60)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)
-    finally:
-        feed.close()
-    return bytes(sound), feed, events
-
-
 async def test_mu_law_after_a_switch_is_converted_into_the_run_s_a_law() -> None:
-    sound, feed, events = await _record(_stream(6.0, switch_to=Codec.G711U))
+    sound, feed, events = await record_a_law_sound(_stream(6.0, switch_to=Codec.G711U))
     assert sound == bytes([ALAW_TONE]) * 16000 + bytes([ULAW_TO_ALAW[ULAW_TONE]]) * 32000
     status = feed.status()
     assert (status["audio"], status["audio_input"]) == ("g711a", "g711u")
     assert status["audio_codec_changes"] == 1 and status["converted_audio_pes"] == 100
     assert feed.end_reason is None and events == []
     # Control: a camera staying A-law converts nothing.
-    _, same, _ = await _record(_stream(6.0, switch_to=None))
+    _, same, _ = await record_a_law_sound(_stream(6.0, switch_to=None))
     assert same.status()["audio_codec_changes"] == 0 and same.status()["converted_audio_pes"] == 0
 
 
 async def test_a_switch_to_a_codec_the_raw_pipe_cannot_carry_ends_the_run_saying_so() -> None:
-    sound, feed, events = await _record(_stream(6.0, switch_to=Codec.AAC))
+    sound, feed, events = await record_a_law_sound(_stream(6.0, switch_to=Codec.AAC))
     assert feed.end_reason is not None
     assert feed.end_reason.startswith(f"{AUDIO_CODEC_CHANGED_REASON}: G.711A -> aac: "), feed.end_reason
     assert sound[:16000] == bytes([ALAW_TONE]) * 16000 and len(sound) <= 16000 + 320
     assert events == [], events  # no gap saying the camera's sound was missing
     assert feed.status()["audio_codec_changes"] == 1
     # Control: without the switch the run ends only with the channel.
-    _, same, _ = await _record(_stream(6.0, switch_to=None))
+    _, same, _ = await record_a_law_sound(_stream(6.0, switch_to=None))
     assert same.end_reason is None

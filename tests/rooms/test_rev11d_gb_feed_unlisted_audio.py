@@ -8,11 +8,8 @@ samples are dropped as overlap. Control: the same stream without the unlisted PE
 
 from __future__ import annotations
 
-import asyncio
-
 from drivers.gb28181.ps import Codec, PsMuxer
-from edge.rooms.gb_feed import GbRunFeed
-from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, ScriptedReader, _drain
+from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, record_a_law_sound
 
 LISTED, UNLISTED = 0x2A, 0x55
 
@@ -32,18 +29,8 @@ def _stream(seconds: float, *, unlisted: bool) -> list[bytes]:
 
 
 async def _sound(chunks: list[bytes]) -> bytes:
-    feed = GbRunFeed(ScriptedReader(chunks), what="test channel")
-    await feed.prepare()
-    assert feed.audio_codec is Codec.G711A and len(feed.pass_fds) == 2
-    video, sound, never = bytearray(), bytearray(), asyncio.Event()
-    try:
-        readers = [asyncio.create_task(_drain(fd, out, never))
-                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
-        await asyncio.wait_for(feed.pump(), 60)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)
-    finally:
-        feed.close()
-    return bytes(sound)
+    sound, _, _ = await record_a_law_sound(chunks)
+    return sound
 
 
 async def test_control_the_listed_stream_is_recorded() -> None:

@@ -12,12 +12,9 @@ Control: the same stream staying A-law records all of its sound."""
 
 from __future__ import annotations
 
-import asyncio
-
 from drivers.gb28181.ps import Codec, PsMuxer
-from edge.rooms.gb_audio import AudioGap, AudioGapEvent
-from edge.rooms.gb_feed import GbRunFeed
-from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, ScriptedReader, _drain
+from edge.rooms.gb_audio import AudioGap
+from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, record_a_law_sound
 
 ALAW_TONE = 0x2A
 ULAW_TONE = 0x35
@@ -47,29 +44,13 @@ def _stream(seconds: float, *, switch_at_s: float | None, renumbered: bool = Fal
     return chunks
 
 
-async def _record(chunks: list[bytes]) -> tuple[bytes, GbRunFeed, list[AudioGapEvent]]:
-    events: list[AudioGapEvent] = []
-    feed = GbRunFeed(ScriptedReader(chunks), what="test channel", on_audio_gap=events.append)
-    await feed.prepare()
-    assert feed.audio_codec is Codec.G711A and len(feed.pass_fds) == 2
-    video, sound, never = bytearray(), bytearray(), asyncio.Event()
-    try:
-        readers = [asyncio.create_task(_drain(fd, out, never))
-                   for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
-        await asyncio.wait_for(feed.pump(), 60)
-        await asyncio.wait_for(asyncio.gather(*readers), 60)
-    finally:
-        feed.close()
-    return bytes(sound), feed, events
-
-
 async def test_control_a_camera_staying_a_law_records_all_its_sound() -> None:
-    sound, _, events = await _record(_stream(6.0, switch_at_s=None))
+    sound, _, events = await record_a_law_sound(_stream(6.0, switch_at_s=None))
     assert sound == bytes([ALAW_TONE]) * (6 * 8000) and events == []
 
 
 async def test_sound_received_after_a_switch_to_mu_law_is_recorded_not_replaced_by_silence() -> None:
-    sound, feed, events = await _record(_stream(6.0, switch_at_s=2.0))
+    sound, feed, events = await record_a_law_sound(_stream(6.0, switch_at_s=2.0))
     after = sound[2 * 8000:]
     silence_s = after.count(ALAW_SILENCE) / 8000
     gaps = [event for event in events if isinstance(event, AudioGap)]
@@ -81,7 +62,7 @@ async def test_sound_received_after_a_switch_to_mu_law_is_recorded_not_replaced_
 
 async def test_sound_received_after_the_psm_renumbers_its_audio_stream_is_recorded() -> None:
     # The new PSM lists the same A-law sound as stream 0xC1 (and no longer lists 0xC0).
-    sound, feed, events = await _record(_stream(6.0, switch_at_s=2.0, renumbered=True))
+    sound, feed, events = await record_a_law_sound(_stream(6.0, switch_at_s=2.0, renumbered=True))
     after = sound[2 * 8000:]
     silence_s = after.count(ALAW_SILENCE) / 8000
     assert silence_s <= 0.1, (
