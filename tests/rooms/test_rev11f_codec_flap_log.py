@@ -16,8 +16,8 @@ import logging
 import pytest
 
 from drivers.gb28181.ps import Codec, PsMuxer
-from tests.rooms.test_gb_feed import FRAME, IDR, SLICE
-from tests.rooms.test_gb_feed_codec import ALAW_TONE, ULAW_TONE, _record
+from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, record_a_law_sound
+from tests.rooms.test_gb_feed_codec import ALAW_TONE, ULAW_TONE
 
 SECONDS = 10.0
 
@@ -45,16 +45,16 @@ def _codec_warnings(caplog: pytest.LogCaptureFixture) -> int:
 
 async def test_control_one_switch_is_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    _, feed, _ = await _record(_flapping(every_frame=False))
-    assert feed.status()["audio_codec_changes"] == 1
+    _, feed, _ = await record_a_law_sound(_flapping(every_frame=False))
+    assert feed.audio_codec_changes == 1
     assert _codec_warnings(caplog) == 1
 
 
 async def test_a_camera_flapping_codecs_every_packet_does_not_flood_the_log(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    _, feed, _ = await _record(_flapping(every_frame=True))
-    changes = feed.status()["audio_codec_changes"]
+    _, feed, _ = await record_a_law_sound(_flapping(every_frame=True))
+    changes = feed.audio_codec_changes
     assert changes > 200  # every flip counted
     warnings = _codec_warnings(caplog)
     assert warnings <= 5, (
