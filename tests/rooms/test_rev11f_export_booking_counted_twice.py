@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.durable.files import make_dirs_durable
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms import export
@@ -42,7 +43,7 @@ async def test_an_export_s_staged_bytes_are_not_booked_again_while_xorriso_write
     xorriso = require_tool("xorriso")
     snapshots: dict[str, tuple[int, int]] = {}
     work = tmp_path / "work"
-    real_run, real_dirs = export._run, export.make_dirs_durable
+    real_run, real_dirs = export._run, make_dirs_durable
 
     def booked() -> int:
         return sum(b.remaining for b in pipeline.kept_space.booked() if b.kind == export.BOOKING_KIND)
