@@ -13,7 +13,13 @@ order, after the RTP reorder buffer: the media receiver's sink, edge.gb28181.med
   every directory above it safe from other users (`check_socket_parents`), or no channel opens. Each
   connection is a consumer; ffmpeg reads one with `-f mpeg -i unix:PATH`. The socket exists while the
   channel is open, and is removed when it stops.
-* `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`).
+* `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`). Its b"" is its end and
+  nothing else: no chunk it reads is empty.
+
+Media is bytes of PS. An RTP packet with no payload (header only, or all padding: RFC 6263's keepalive, or
+a hostile sender) is none: the media receiver counts it and drops it (`empty_packets` in the channel's view
+and its `session_stopped`), so it never reaches a consumer, never ends a reader, and never resets the stall
+clock: a device sending only such packets is stalled (review rev11f).
 
 `handle.streaming` / `await handle.wait_streaming()` say whether media flows now (a recorder starts its
 ffmpeg then); `handle.state` and `handle.interruptions` what the channel went through so far;
@@ -275,8 +281,9 @@ class LiveReader:
         return self._buffered
 
     def _offer(self, data: bytes) -> None:
-        """The channel's fan-out: never blocks, never buffers past the limit."""
-        if self.ended is not None:
+        """The channel's fan-out: never blocks, never buffers past the limit. Empty data is not queued: a
+        b"" from `read()` is the end alone."""
+        if self.ended is not None or not data:
             return
         if not self._joined:
             at, seen = key_pack_at(data)
@@ -458,6 +465,7 @@ class _Play:
         self.session: MediaSession | None = None
         self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
         self.lost_reported = 0  # of this Play's lost packets, those already on the ledger or told
+        self.empty_sunk = 0  # empty payloads that reached the sink (the receiver drops them: none expected)
         self.outcome: Any = None  # the receiver's MediaOutcome, once the Play ended
         # arrival times (time.monotonic()) of its first and last packet
         self.first_media_mono: float | None = None
@@ -475,6 +483,14 @@ class _Play:
         session = self.find_session()
         progress = None if session is None else getattr(session.receiver, "progress", None)
         return int(getattr(progress, "lost_packets", 0) or 0)
+
+    def empty_packets(self) -> int:
+        """RTP packets of this Play with no payload (keepalives, padding only), dropped as no media."""
+        source = self.outcome
+        if source is None:
+            session = self.find_session()
+            source = None if session is None else getattr(session.receiver, "progress", None)
+        return int(getattr(source, "empty_packets", 0) or 0) + self.empty_sunk
 
     def sink(self, data: bytes) -> None:
         self.channel._take(self, data)
@@ -534,6 +550,7 @@ class _Channel:
         self._attempts_unrecorded = 0
         self._attempt_recorded_at: float | None = None
         self.lost_packets = 0  # RTP packets lost in the Plays that ended (the current one's: `_lost_total`)
+        self.empty_packets = 0  # RTP packets without payload in the Plays that ended (`_empty_total`)
         self.loss_reports = 0
         self._loss_checked_at = 0.0
         self._loss_reported_at: float | None = None
@@ -704,6 +721,9 @@ class _Channel:
         """The media receiver's sink: every consumer's buffer gets the bytes (none waits here)."""
         if self.stopping or play.over:
             return
+        if not data:  # no media (the receiver drops these; a sink fed otherwise must not count them)
+            play.empty_sunk += 1
+            return
         # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
         # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
         arrived, arrived_mono = play.arrival()
@@ -796,6 +816,7 @@ class _Channel:
             play.outcome = outcome
         lost = play.lost_packets()
         self.lost_packets += lost
+        self.empty_packets += play.empty_packets()
         new = lost - play.lost_reported
         play.lost_reported = lost
         if new > 0:
@@ -809,6 +830,10 @@ class _Channel:
     def _lost_total(self) -> int:
         current = self._current
         return self.lost_packets + (0 if current is None or current.over else current.lost_packets())
+
+    def _empty_total(self) -> int:
+        current = self._current
+        return self.empty_packets + (0 if current is None or current.over else current.empty_packets())
 
     def _interrupt(self, reason: str, losses: dict[str, Any] | None = None) -> None:
         interruption = Interruption(wall_text(self._last_byte_at), wall_text(), reason)
@@ -914,7 +939,8 @@ class _Channel:
             "live": "stopped", **self._where(), "reason": reason, "since": self.opened_at,
             "started": self.started, "interruptions": self.interruption_count, "bytes": self.bytes,
             "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view(),
-            "lost_packets": self._lost_total(), "loss_reports": self.loss_reports, "stalls": self.stalls,
+            "lost_packets": self._lost_total(), "empty_packets": self._empty_total(),
+            "loss_reports": self.loss_reports, "stalls": self.stalls,
             "stalled_s": round(self.stalled_s, 3), "stalls_unrecorded": self._stalls_unrecorded,
             "stalled_since": stalled_since, "failed_attempts": self.failed_attempts})
         self._emit(LiveEventKind.STOPPED, reason, closed)
@@ -928,7 +954,7 @@ class _Channel:
             "bytes": self.bytes, "interruptions": self.interruption_count,
             "interrupted": None if self.open_interruption is None else self.open_interruption.view(),
             "last_interruption": None if last is None else last.view(), "consumers_cut_off": self.cut_offs,
-            "lost_packets": self._lost_total(), "stalls": self.stalls,
+            "lost_packets": self._lost_total(), "empty_packets": self._empty_total(), "stalls": self.stalls,
             "last_problem": self.last_problem,
         }
 

@@ -38,6 +38,12 @@ counted across a hole. A confirmed renumbering of the device's packets (RFC 3550
 payloads, in sequence order, are the raw PS file, byte for byte as the device sent it (RTP headers
 dropped); bytes that were lost are not invented, the gaps say where.
 
+A packet with no payload (header only, or all of it padding: RFC 6263's keepalive for a NAT binding, a
+device saying it is there, or a hostile sender) is no media: it keeps its place in the numbering (so it is
+no loss), is counted (`empty_packets`) and dropped when its turn comes; it never reaches the raw PS or the
+sink, and it does not count as media arriving (the idle timeout, `last_packet_at`, the drains' silence): a
+device that sends only such packets is as silent as one that sends nothing (review rev11f).
+
 A `sink` (a callable) gets the same bytes as they are taken, in order, one RTP payload at a time, on the
 event loop (it must not block: edge.gb28181.live fans a live Play out to its consumers this way); with
 `raw_path` None nothing is written to disk and `max_bytes` does not apply (a live stream has no end).
@@ -200,6 +206,7 @@ class MediaProgress:
     lost_packets: int
     elapsed_s: float
     rate_bps: float  # raw PS bits per second since the first packet
+    empty_packets: int = 0  # packets with no payload (keepalives, padding only): dropped, no media
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,7 @@ class MediaOutcome:
     # is recorded the same way (review 30); a refused write is never tried again (review 33).
     write_refused: str | None = None
     write_refused_free_bytes: int | None = None
+    empty_packets: int = 0  # packets with no payload (header only or all padding): dropped, not media
 
     @property
     def video_span_s(self) -> float | None:
@@ -288,6 +296,7 @@ class MediaOutcome:
             "ssrc_mismatches": self.ssrc_mismatches,
             "mismatched_ssrcs": self.mismatched_ssrcs,
             "invalid_packets": self.invalid_packets,
+            "empty_packets": self.empty_packets,
             "refused_connections": self.refused_connections,
             "expected_peer_host": self.expected_peer_host,
             "refused_packets": self.refused_packets,
@@ -319,6 +328,7 @@ class _Counters:
     ssrc_mismatches: int = 0
     mismatched_ssrcs: list[int] = field(default_factory=list)
     invalid_packets: int = 0
+    empty_packets: int = 0
     refused_connections: int = 0
     refused_packets: int = 0
     refused_sources: list[str] = field(default_factory=list)
@@ -754,7 +764,7 @@ class MediaReceiver:
         return MediaProgress(
             bytes=c.bytes, packets=c.packets, frames=c.video_frames + c.audio_frames,
             lost_packets=c.lost_packets, elapsed_s=now - self._opened_at,
-            rate_bps=8 * c.bytes / since_first if since_first > 0 else 0.0,
+            rate_bps=8 * c.bytes / since_first if since_first > 0 else 0.0, empty_packets=c.empty_packets,
         )
 
     @property
@@ -972,16 +982,17 @@ class MediaReceiver:
             if len(c.mismatched_ssrcs) < MAX_RECORDED_SSRCS and packet.ssrc not in c.mismatched_ssrcs:
                 c.mismatched_ssrcs.append(packet.ssrc)
             return
-        now = self._clock()
-        self._last_activity = now
-        self._last_packet_at = self._loop.time()
-        self._last_packet_wall = time.time()
-        self._last_packet_mono = time.monotonic()
-        if self._first_packet_at is None:
-            self._first_packet_at = now
-            self._window_started = now
-            if self._peer is None:
-                self._peer = _address(addr)
+        if packet.payload:  # media arrived; a packet without payload is none (counted in `_take`)
+            now = self._clock()
+            self._last_activity = now
+            self._last_packet_at = self._loop.time()
+            self._last_packet_wall = time.time()
+            self._last_packet_mono = time.monotonic()
+            if self._first_packet_at is None:
+                self._first_packet_at = now
+                self._window_started = now
+        if self._peer is None:
+            self._peer = _address(addr)
         if len(c.payload_types) < 128:
             c.payload_types.add(packet.payload_type)
         self._take(self._reorder.push(packet))
@@ -990,7 +1001,9 @@ class MediaReceiver:
         c = self._counters
         for event in events:
             if isinstance(event, Delivered):
-                if not self._payload(event.packet.payload):
+                if not event.packet.payload:  # a keepalive, padding only: its place kept, nothing to take
+                    c.empty_packets += 1
+                elif not self._payload(event.packet.payload):
                     return
             elif isinstance(event, Gap):
                 c.lost_packets += event.count
@@ -1225,7 +1238,8 @@ class MediaReceiver:
             ssrc_expected=self._ssrc_expected,
             ssrc_policy="expected" if self._ssrc_expected is not None else "first-seen",
             ssrc_mismatches=c.ssrc_mismatches, mismatched_ssrcs=list(c.mismatched_ssrcs),
-            invalid_packets=c.invalid_packets, refused_connections=c.refused_connections,
+            invalid_packets=c.invalid_packets, empty_packets=c.empty_packets,
+            refused_connections=c.refused_connections,
             write_stalls=c.write_stalls, peer=self._peer,
             framing=self._framing, payload_types=sorted(c.payload_types),
             video_frames=c.video_frames, audio_frames=c.audio_frames, resyncs=self._demuxer.stats.resyncs,
