@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no-121, different-y, missing-y, "
                         "ssrc-mismatch, loss=P, reorder=P, duplicate=P, nat-rebind, gb2312-name, "
                         "split-recordinfo, slow, die-mid-stream, stall=SECONDS, audio-drop=SECONDS, "
-                        "late-stall=SECONDS")
+                        "late-stall=SECONDS, keepalive-only=SECONDS")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 

@@ -643,6 +643,9 @@ class SimulatedDevice:
         elif s.has(Fault.LATE_STALL):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
             stall = (max(1, int(frames * 3 // 2)), s.seconds(Fault.LATE_STALL))
+        elif s.has(Fault.KEEPALIVE_ONLY):
+            frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
+            stall = (max(1, int(frames // 2)), s.seconds(Fault.KEEPALIVE_ONLY))
         audio_drop: tuple[int, float] | None = None
         if s.has(Fault.AUDIO_DROP):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
@@ -652,7 +655,7 @@ class SimulatedDevice:
                                                  reorder=s.probability(Fault.REORDER),
                                                  duplicate=s.probability(Fault.DUPLICATE), seed=s.seed),
                              payload_bytes=s.rtp_payload_bytes, stop_after_frames=stop_after, stall=stall,
-                             audio_drop=audio_drop)
+                             audio_drop=audio_drop, stall_keepalives=s.has(Fault.KEEPALIVE_ONLY))
         session = MediaSession(call_id=req.call_id, local_tag=tag, kind=kind, channel_id=channel_id,
                                invite=req, peer=peer, offer=offer, answer=answer, rtp_ssrc=rtp_ssrc,
                                speed=speed, recording=recording, transport=transport, setup=setup,

@@ -32,12 +32,14 @@ class Fault(StrEnum):
     # Pauses a stream for N seconds once, a whole file's length after halfway (`late-stall=3`): with
     # audio-drop, a stall while the sound is already missing.
     LATE_STALL = "late-stall"
+    # As stall=N, but the pause sends RTP packets without payload (RFC 6263 keepalives, some all padding).
+    KEEPALIVE_ONLY = "keepalive-only"
 
 
 # Faults that take a probability (`loss=0.05`); the others are bare names.
 PROBABILITY_FAULTS = frozenset({Fault.LOSS, Fault.REORDER, Fault.DUPLICATE})
 # Faults that take seconds (`stall=2`).
-SECONDS_FAULTS = frozenset({Fault.STALL, Fault.AUDIO_DROP, Fault.LATE_STALL})
+SECONDS_FAULTS = frozenset({Fault.STALL, Fault.AUDIO_DROP, Fault.LATE_STALL, Fault.KEEPALIVE_ONLY})
 MAX_FAULT_SECONDS = 3600.0
 
 

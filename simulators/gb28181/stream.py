@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PS_PAYLOAD_TYPE = 96
 TCP_CONNECT_TIMEOUT_S = 10.0
 TCP_ACCEPT_TIMEOUT_S = 30.0
+KEEPALIVE_S = 0.2  # how often the keepalive-only fault sends a packet without payload while it stalls
 
 
 class OutletError(Exception):
@@ -184,6 +185,7 @@ class SendStats:
     completed: bool = False  # every frame of the source was handed to the outlet
     died: bool = False
     stalled_s: float = 0.0  # seconds the stall fault held the stream
+    keepalives_sent: int = 0  # RTP packets without payload sent during a stall (the keepalive-only fault)
     audio_dropped: int = 0  # audio frames the audio-drop fault left out
     audio_dropped_pts: tuple[int, int] | None = None  # (first, last) PTS of those frames
 
@@ -208,13 +210,14 @@ class MediaSender:
     pace (the stall fault: the pause is not caught up in a burst). `audio_drop` (frames, seconds) leaves
     out the audio frames of that many seconds after that many video frames (the audio-drop fault: a
     microphone's packets lost while the picture goes on; the PTS of the audio that follows do not close
-    up)."""
+    up). With `stall_keepalives` the stall sends RTP packets without payload every `KEEPALIVE_S`, in the
+    stream's numbering (RFC 6263's keepalive; every other one all padding): the keepalive-only fault."""
 
     def __init__(self, outlet: Outlet, *, ssrc: int, video: Codec, audio: bool, speed: float | None,
                  faults: PacketFaults = PacketFaults(), payload_bytes: int = 1400,
                  stop_after_frames: int | None = None, first_sequence: int | None = None,
                  stall: tuple[int, float] | None = None,
-                 audio_drop: tuple[int, float] | None = None) -> None:
+                 audio_drop: tuple[int, float] | None = None, stall_keepalives: bool = False) -> None:
         self._outlet = outlet
         self._ssrc = ssrc
         self._muxer = PsMuxer(video, Codec.G711A if audio else None)
@@ -225,6 +228,8 @@ class MediaSender:
         self._faults = faults
         self._stop_after_frames = stop_after_frames
         self._stall = stall
+        self._stall_keepalives = stall_keepalives
+        self._last_timestamp = 0  # the RTP timestamp of the last pack sent (a keepalive repeats it)
         self._audio_drop = audio_drop
         self._audio_drop_until: int | None = None  # PTS up to which audio is left out, once begun
         self._sequence = (first_sequence if first_sequence is not None
@@ -255,7 +260,10 @@ class MediaSender:
                 pause = self._stall[1]
                 self._stall = None
                 self.stats.stalled_s += pause
-                await asyncio.sleep(pause)
+                if self._stall_keepalives:
+                    await self._send_keepalives(pause)
+                else:
+                    await asyncio.sleep(pause)
                 started += pause
             if frame.video:
                 pack = self._muxer.video_frame(frame.data, frame.pts, key=frame.key, dts=frame.dts)
@@ -293,7 +301,22 @@ class MediaSender:
         self.stats.audio_dropped_pts = (first, frame.pts)
         return True
 
+    async def _send_keepalives(self, seconds: float) -> None:
+        """`seconds` of RTP packets without payload (header only, or all padding), no media."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        while (left := until - loop.time()) > 0:
+            sequence = self._sequence
+            self._sequence = (self._sequence + 1) & 0xFFFF
+            padding = 4 if self.stats.keepalives_sent % 2 else 0
+            await self._write(RtpPacket(payload_type=PS_PAYLOAD_TYPE, sequence=sequence,
+                                        timestamp=self._last_timestamp, ssrc=self._ssrc,
+                                        padding_bytes=padding).to_bytes())
+            self.stats.keepalives_sent += 1
+            await asyncio.sleep(min(left, KEEPALIVE_S))
+
     async def _send_pack(self, pack: bytes, timestamp: int) -> None:
+        self._last_timestamp = timestamp & 0xFFFFFFFF
         chunks = [pack[i:i + self._payload_bytes] for i in range(0, len(pack), self._payload_bytes)]
         for number, chunk in enumerate(chunks):
             sequence = self._sequence
