@@ -55,7 +55,7 @@ Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
     audio-drop=N       from halfway, N seconds of audio are not sent (once per session); the picture goes on
     late-stall=N       as stall=N, a whole file's length after halfway (with audio-drop: a stall while the
                        sound is missing)
-    keepalive-only=N   as stall=N, but through the pause RTP packets without payload go on (RFC 6263
+    keepalive-only=N   as late-stall=N, but through the pause RTP packets without payload go on (RFC 6263
                        keepalives every 0.2 s in the stream's numbering, every other one all padding)
 
 The packet faults are seeded (`--seed`): the same seed drops, swaps and repeats the same packets, and

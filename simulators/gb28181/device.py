@@ -645,7 +645,7 @@ class SimulatedDevice:
             stall = (max(1, int(frames * 3 // 2)), s.seconds(Fault.LATE_STALL))
         elif s.has(Fault.KEEPALIVE_ONLY):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
-            stall = (max(1, int(frames // 2)), s.seconds(Fault.KEEPALIVE_ONLY))
+            stall = (max(1, int(frames * 3 // 2)), s.seconds(Fault.KEEPALIVE_ONLY))
         audio_drop: tuple[int, float] | None = None
         if s.has(Fault.AUDIO_DROP):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0

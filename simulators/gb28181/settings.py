@@ -32,7 +32,8 @@ class Fault(StrEnum):
     # Pauses a stream for N seconds once, a whole file's length after halfway (`late-stall=3`): with
     # audio-drop, a stall while the sound is already missing.
     LATE_STALL = "late-stall"
-    # As stall=N, but the pause sends RTP packets without payload (RFC 6263 keepalives, some all padding).
+    # As late-stall=N, but the pause sends RTP packets without payload (RFC 6263 keepalives, some all
+    # padding): media stops, packets go on.
     KEEPALIVE_ONLY = "keepalive-only"
 
 

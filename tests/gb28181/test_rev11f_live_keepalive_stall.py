@@ -58,7 +58,7 @@ async def _read_through_the_pause(env: LiveEnv, *faults: str) -> tuple[list[str 
         taken = 0
         try:
             async with asyncio.timeout(90):
-                while taken < 1_400_000:  # past the middle of the 4 s file (its pause) and on
+                while taken < 1_700_000:  # past 6 s of the looped 4 s file (its pause) and on
                     chunk = await reader.read()
                     assert chunk, f"the reader ended: {reader.ended}"
                     taken += len(chunk)
