@@ -2,7 +2,9 @@
 
 `parse_rtp(data)` reads one packet (version 2; CSRC list, header extension and padding honoured, since some
 devices set the X bit: srs-gb28181 #52) into an `RtpPacket`, or raises `RtpError` naming what was wrong;
-`RtpPacket.to_bytes()` writes it back. `SequenceUnwrapper` extends 16-bit sequence numbers across wrap-around.
+`RtpPacket.to_bytes()` writes it back. A packet's payload may be empty (header only, or all of it padding:
+RFC 6263's keepalive): it is a valid packet with a place in the numbering, and what it means (no media) is
+the receiver's call. `SequenceUnwrapper` extends 16-bit sequence numbers across wrap-around.
 `ReorderBuffer` puts packets that UDP reordered back in order within a bounded window and says what it could
 not: every lost range is reported as a `Gap`, every repeated packet as a `Duplicate`, every packet that came
 after its place was given up as `Late`; nothing is delivered twice or out of order, so a recording's gaps are

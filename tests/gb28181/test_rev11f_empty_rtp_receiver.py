@@ -85,7 +85,8 @@ async def test_empty_payloads_are_counted_and_reach_neither_the_sink_nor_the_raw
 
 async def _paced(port: int, packets: list[bytes], every_s: float) -> None:
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", port))
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       remote_addr=("127.0.0.1", port))
     try:
         for packet in packets:
             transport.sendto(packet)
@@ -106,8 +107,10 @@ async def test_a_device_sending_only_empty_packets_goes_idle_like_a_silent_one(
         receiver = await open_receiver("udp", bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
                                        raw_path=None, idle_timeout_s=idle_s, max_bytes=1 << 30,
                                        sink=lambda data: None)
+        first_pack = packs[0][0]
         media = [RtpPacket(payload_type=96, sequence=n, timestamp=90000, ssrc=SSRC,
-                           payload=packs[0][0][n * 100:(n + 1) * 100] or b"\x00").to_bytes() for n in range(48)]
+                           payload=first_pack[n * 100:n * 100 + 100] or b"\x00").to_bytes()
+                 for n in range(48)]
         await _paced(receiver.local_port, media[:8], 0.01)  # past the reorder buffer's startup hold
         await asyncio.sleep(0.2)
         media_stamp = receiver.last_packet_at
