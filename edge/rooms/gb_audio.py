@@ -35,14 +35,16 @@ input, whose audio the agent took out) and every later sample where its PTS puts
   counted in `jumps`);
 * the sound's lead on the picture is judged on the stream's clock, never on a picture that stopped: it is
   measured as each video frame comes while the picture flows (a video PTS step up to STALL_S; none across
-  a picture stop), taken at its least over each DRIFT_WINDOW_S of flowing picture. The first window's least
-  (at most `lead_s`: a camera muxing its sound early) is the run's lead; a later window's least more than
-  DRIFT_LEAD_S past it is a sustained rate difference (an audio clock faster than the picture's stamped by
-  its sample count, 8050 Hz for 8000): the excess is dropped from the start of the sound to come (counted
-  in `clock_dropped_samples`, the PTS after it shifted by as much), so the raw sound stays with the
-  picture (ffmpeg, interleaving by time, would leave it in the pipe). While the picture has stopped, the
-  sound received goes on where its PTS puts it, nothing dropped (the feed's pipe and its audio-overflow
-  bound what waits): when the picture comes back, the sound is in step with it;
+  a picture stop), taken at its least over each DRIFT_WINDOW_S of flowing picture in which the sound
+  flowed too (no silence filled, re-base or jump in it). The first such window's least is the run's lead
+  (at most `lead_s`: a camera muxing its sound early; never below 0: late sound is the lag's business);
+  a later window's least more than DRIFT_LEAD_S past it is a sustained rate difference (an audio clock
+  faster than the picture's stamped by its sample count, 8050 Hz for 8000): the excess is dropped from
+  the start of the sound to come (counted in `clock_dropped_samples`, the PTS after it shifted by as
+  much), so the raw sound stays with the picture (ffmpeg, interleaving by time, would leave it in the
+  pipe). While the picture has stopped, the sound received goes on where its PTS puts it, nothing
+  dropped (the feed's pipe and its audio-overflow bound what waits): when the picture comes back, the
+  sound is in step with it;
 * a video timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of
   apart) is no hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS
   inputs, 10 s), so the audio goes on where it is (counted in `jumps`).
@@ -155,6 +157,7 @@ class AudioTimeline:
         self._lead_least: int | None = None  # the least lead in the current window ...
         self._lead_window = 0  # ... and the flowing picture (ticks) it spans
         self._lead_cut = 0  # samples of a fast clock's excess still to drop from the sound to come
+        self._window_marks = (0, 0, 0)  # `_marks()` as the window began
         self.samples = 0  # samples written (the raw stream's clock)
         self._real_end = 0  # the end of the last real sound written
         self._real_written = False
@@ -412,17 +415,27 @@ class AudioTimeline:
 
     def _measure_lead(self, video_at: int, step: int) -> None:
         """The picture flows (a frame at `video_at`, `step` after the last): the sound's lead on it taken,
-        and a window's least lead beyond the run's (a sustained rate difference) set to be dropped."""
+        and a window's least lead beyond the run's (a sustained rate difference) set to be dropped. Only a
+        window in which the sound flowed too counts: none with silence filled (sound lost, or late: the lag
+        fill), a re-base or a jump in it, nor a lead behind the picture (the lag's business, not a fast
+        clock's)."""
         lead = self.samples - self._samples_at(video_at)
         self._lead_least = lead if self._lead_least is None else min(self._lead_least, lead)
         self._lead_window += step
         if self._lead_window < self._drift_window_ticks:
             return
         least, self._lead_least, self._lead_window = self._lead_least, None, 0
+        marks, self._window_marks = self._window_marks, self._marks()
+        if marks != self._window_marks:
+            return
         if self._lead_base is None:
-            self._lead_base = min(least, self._lead_samples)
-        elif least - self._lead_cut - self._lead_base > self._drift_lead_samples:
+            self._lead_base = min(max(least, 0), self._lead_samples)
+        elif least - self._lead_base > self._drift_lead_samples:
             self._lead_cut = least - self._lead_base
+
+    def _marks(self) -> tuple[int, int, int]:
+        """What changes when the sound does not flow: silence filled, re-bases, jumps."""
+        return self.filled_samples, self.rebases, self.jumps
 
     def _unwrap(self, pts: int) -> int:
         """`pts` on a line that does not wrap at 2**33 (26.5 hours), nearest to the last one seen."""
