@@ -17,7 +17,14 @@ and a room's start (edge.rooms.service) counts them before it finds its space. A
 it writes (the bytes written are in the free figure from then on) and gives it up when it ends. A check
 books first and then reads the others' bookings and the free space, in that order: of two checks at once
 each counts the other, or the later counts the earlier (never neither); a booking made after one's own is
-not counted by it (:meth:`KeptSpace.booked_before`), so of two at once the earlier can pass.
+not counted by it (:meth:`KeptSpace.booked_before`), so of two at once the earlier can pass, and a writer's
+re-checks while it writes count the same bookings (a later writer, even one refused, never ends it).
+
+A booking is owned by the coroutine that made it (:meth:`KeptSpace.booking_for`, review rev11f): it is
+given up when that coroutine ends, however it ends. A writer that hands its writing to a worker thread
+(:meth:`KeptSpace.handed_off`) keeps it until the worker ends too: a coroutine cancelled while its work is
+still queued gives it up at once (the work, should it start, writes nothing), and one cancelled while its
+work runs leaves it to the worker (the bytes are still being written), which stops at its next chunk.
 
 This module knows no group: edge.rooms registers its rule (edge.rooms.space.rooms_kept_free), so edge.ingest
 never imports edge.rooms. Copies run in worker threads: its state is behind a lock, held for no I/O.
@@ -86,6 +93,62 @@ def said_bookings(bookings: Sequence[Booking]) -> str:
         for kind, sizes in sorted(kinds.items()))
 
 
+class WorkAbandoned(Exception):
+    """The coroutine that handed this work to a worker thread was cancelled: the work writes nothing more."""
+
+
+class HandedOff:
+    """A booking (or none: a writer that cannot wait books nothing) shared by the coroutine that made it and
+    the one worker-thread function it hands its writing to; given up once, when the last of the two ends."""
+
+    def __init__(self, ledger: KeptSpace, booking: Booking | None) -> None:
+        self._ledger = ledger
+        self.booking = booking
+        self._lock = threading.Lock()
+        self._owner_gone = False  # the coroutine ended (done, failed or cancelled)
+        self._running = False  # the worker function started and has not ended
+        self._released = False
+
+    @property
+    def abandoned(self) -> bool:
+        """The coroutine is gone: a running worker stops at its next chunk (from the worker's progress)."""
+        with self._lock:
+            return self._owner_gone
+
+    @contextlib.contextmanager
+    def in_worker(self) -> Iterator[None]:
+        """In the worker thread, around the writing: WorkAbandoned, before anything is written, when the
+        coroutine was cancelled while the work waited in the executor's queue."""
+        with self._lock:
+            if self._owner_gone:
+                raise WorkAbandoned("the copy was cancelled before it started")
+            self._running = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running = False
+                release = self._owner_gone
+            if release:
+                self._release()
+
+    def owner_done(self) -> None:
+        """The coroutine ends: the booking goes now, unless the worker still writes (then when it ends)."""
+        with self._lock:
+            self._owner_gone = True
+            release = not self._running
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self.booking is not None:
+            self._ledger.release(self.booking)
+
+
 class KeptSpace:
     """The groups holding space now, each with its members, and the bookings of writers that can wait;
     shared by every copy into one store."""
@@ -138,6 +201,27 @@ class KeptSpace:
             self._bookings.append(booking)
         return booking
 
+    @contextlib.contextmanager
+    def booking_for(self, kind: str, what: str, size: int) -> Iterator[Booking]:
+        """`size` bytes booked (:meth:`book`) for as long as the block runs, given up however it ends."""
+        booking = self.book(kind, what, size)
+        try:
+            yield booking
+        finally:
+            self.release(booking)
+
+    @contextlib.contextmanager
+    def handed_off(self, kind: str, what: str, size: int | None) -> Iterator[HandedOff]:
+        """Like :meth:`booking_for` (no booking when `size` is None) for a coroutine that hands its writing
+        to a worker thread (the worker runs it inside :meth:`HandedOff.in_worker`): the booking lasts until
+        both the block and the worker have ended, and a worker starting after the block ended writes
+        nothing."""
+        shared = HandedOff(self, None if size is None else self.book(kind, what, size))
+        try:
+            yield shared
+        finally:
+            shared.owner_done()
+
     def release(self, booking: Booking) -> None:
         with self._lock:
             if booking in self._bookings:
@@ -161,6 +245,11 @@ class KeptSpace:
     def booked_before(self, own: Booking) -> list[Booking]:
         """The bookings made before `own` (a snapshot): what `own`'s check counts as taken."""
         return [b for b in self.booked() if b.order < own.order]
+
+    def booked_up_to(self, own: Booking) -> list[Booking]:
+        """The bookings made before `own`, and `own` (a snapshot): what a re-check while `own` writes counts;
+        a later writer's booking is not (it passed its own check counting this one)."""
+        return [b for b in self.booked() if b.order <= own.order]
 
     @staticmethod
     def total(bookings: Sequence[Booking]) -> int:

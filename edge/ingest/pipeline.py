@@ -62,7 +62,16 @@ from edge.ingest.copy import (
     reread_and_compare,
 )
 from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
-from edge.ingest.kept_space import COPY_BOOKING, KeptFree, KeptSpace, SpaceKeptError, said_bookings
+from edge.ingest.kept_space import (
+    COPY_BOOKING,
+    Booking,
+    HandedOff,
+    KeptFree,
+    KeptSpace,
+    SpaceKeptError,
+    WorkAbandoned,
+    said_bookings,
+)
 from edge.ingest.manifest import build_manifest
 from edge.ingest.repository import (
     REBUILD_FAILED,
@@ -621,24 +630,43 @@ class _Run:
     async def _copy(self, w: IngestedItem, *, record: bool) -> None:
         part = self.layout.tmp_copy(w.item)
         part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
-        reserve = self.settings.min_free_bytes
         kept_space = self.pipeline.kept_space
         needed = w.offered.size or 0
         what = f"{self.source.device}:{w.offered.display}"
-        device = f"{self.source.kind} device"
-        # A copy that can wait books its size before its check (edge.ingest.kept_space): copies at once, an
-        # export, a room's start each count the others' bytes still to write; released when it ends.
-        booking = kept_space.book(COPY_BOOKING, what, needed) if self.can_wait else None
         acquired_utc = station_time_now()
+        started = time.monotonic()
+        # A copy that can wait books its size before its check (edge.ingest.kept_space): copies at once, an
+        # export, a room's start each count the others' bytes still to write. The booking is this
+        # coroutine's, not the worker's: given up when both have ended, also when the docking is cancelled
+        # while the work still waits in the executor's queue (review rev11f).
+        with kept_space.handed_off(COPY_BOOKING, what, needed if self.can_wait else None) as shared:
+            copied, from_device = await self._copy_in_worker(w, shared, part, what)
+        w.copied_from_device = from_device
+        self.pipeline.status.publish(Duration(DurationKind.COPY, time.monotonic() - started, copied.size))
+        w.copied_bytes = copied.size
+        w.unrecorded = (copied, acquired_utc)
+        if record:
+            await self._record_acquired(w)
+
+    async def _copy_in_worker(self, w: IngestedItem, shared: HandedOff, part: Path,
+                              what: str) -> tuple[CopyResult, ReadMethod | None]:
+        """Check the space and copy `w` to `part` in a worker thread, under `shared`'s booking."""
+        reserve = self.settings.min_free_bytes
+        kept_space = self.pipeline.kept_space
+        booking = shared.booking
+        needed = w.offered.size or 0
+        device = f"{self.source.kind} device"
         counted = 0
 
-        def recheck() -> None:
+        def recheck(booking: Booking) -> None:
             """While it writes: a room that started since (or whose recording ate into what it holds)
             ends the copy as the store being full, the original left on its device (review rev11e)."""
             kept = [k for k in kept_space.now() if k.bytes]
             if not kept:
                 return
-            booked = kept_space.booked()  # every copy's bytes still to write, this one's too; then statvfs
+            # As at its start: the bookings before its own and its own bytes still to write; a later
+            # writer's booking (which counted this one at its check, or was refused) never ends it.
+            booked = kept_space.booked_up_to(booking)
             available = free_bytes(self.layout.tmp)
             kept_bytes = sum(k.bytes for k in kept)
             if available - KeptSpace.total(booked) < reserve + kept_bytes:
@@ -652,18 +680,21 @@ class _Run:
 
         def progress(count: int) -> None:
             nonlocal counted
+            if shared.abandoned:  # the docking was cancelled: the rest is not written
+                raise WorkAbandoned(f"{what}: the copy was cancelled")
             counted += count
             self.progress.bytes_done += count
             if booking is not None:
                 kept_space.wrote(booking, count)
-                recheck()
+                recheck(booking)
 
         def work() -> tuple[CopyResult, ReadMethod | None]:
-            try:
-                return check_and_copy()
-            finally:
-                if booking is not None:
-                    kept_space.release(booking)
+            with shared.in_worker():
+                try:
+                    return check_and_copy()
+                finally:
+                    if shared.abandoned:  # the coroutine is gone: nobody else discards what it wrote
+                        part.unlink(missing_ok=True)
 
         def check_and_copy() -> tuple[CopyResult, ReadMethod | None]:
             # Booked first, then the others' bookings and what the rooms hold, then the free space: see
@@ -703,19 +734,13 @@ class _Run:
             finally:
                 reader.close()
 
-        started = time.monotonic()
         try:
-            copied, from_device = await self._thread(work)
+            result: tuple[CopyResult, ReadMethod | None] = await self._thread(work)
         except BaseException:
             self.progress.bytes_done -= counted
             part.unlink(missing_ok=True)
             raise
-        w.copied_from_device = from_device
-        self.pipeline.status.publish(Duration(DurationKind.COPY, time.monotonic() - started, copied.size))
-        w.copied_bytes = copied.size
-        w.unrecorded = (copied, acquired_utc)
-        if record:
-            await self._record_acquired(w)
+        return result
 
     async def _record_acquired(self, w: IngestedItem) -> None:
         """pending → copied, once the copy is durable (copy_and_hash fsynced it)."""

@@ -23,9 +23,11 @@ anything is copied, :func:`space_needed` estimates both (the files as the ledger
 those plus :data:`IMAGE_OVERHEAD_SHARE` and :data:`IMAGE_SLACK_BYTES`), and an export that would not fit,
 on the staging file system above the store's reserve or in the free bytes the caller reports for its
 output, is refused (status 507) with the figures, a ``refused`` entry. Its estimate is booked in the store's
-one booking ledger (edge.ingest.kept_space, the pipeline's `kept_space`), from before its check to its end:
-exports, docking copies and attached documents running at once each count what the others will still take,
-and a room's start counts it (reviews 27 and 29, rev11e): two never both pass on the same free figure.
+one booking ledger (edge.ingest.kept_space, the pipeline's `kept_space`), from before its check to its end,
+lowered by every byte it stages and given up once the image is written (what is on the disk is in the free
+figure: never counted twice, review rev11f): exports, docking copies and attached documents running at once
+each count what the others will still take, and a room's start counts it (reviews 27 and 29, rev11e): two
+never both pass on the same free figure.
 A disk that fills anyway (another writer meanwhile) ends the export the same way; staging and image are
 removed on every failure.
 """
@@ -50,6 +52,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable
+from edge.ingest.kept_space import Booking
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.product_sets import SET_TYPES, SessionProducts, product_sets
 
@@ -400,17 +403,27 @@ async def export_session(
     needed = space_needed(record.size for record in stored if record is not None)
     # Booked before the others' bookings and the free space are read (edge.ingest.kept_space): the order
     # that keeps two checks at once from both passing on the same bytes.
-    booking = pipeline.kept_space.book(BOOKING_KIND, f"session {session}", needed.staging_bytes)
-    try:
+    with pipeline.kept_space.booking_for(BOOKING_KIND, f"session {session}", needed.staging_bytes) as booking:
         others = pipeline.kept_space.booked_before(booking)
         work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
         too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes,
                                  [b.remaining for b in others], reserve_what)
         if too_big is not None:
             await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
-    except BaseException:
-        pipeline.kept_space.release(booking)
-        raise
+        return await _stage_and_write(pipeline, session, booking, needed, work_free, entries, wanted,
+                                      products, case_number=case_number, station_id=station_id, by=by,
+                                      work_dir=work_dir, xorriso=xorriso)
+
+
+async def _stage_and_write(pipeline: IngestPipeline, session: str, booking: Booking, needed: SpaceNeeded,
+                           work_free: int, entries: list[LedgerEntry], wanted: list[_Wanted],
+                           products: LedgerEntry, *, case_number: str, station_id: str, by: str,
+                           work_dir: Path, xorriso: str) -> ExportedDisc:
+    """Stage the files, write the image, record the export, under `booking` (lowered by every byte staged:
+    what is on the disk is in the free figure, review rev11f)."""
+    store = pipeline.store
+    repository = pipeline.repository
+    kept_space = pipeline.kept_space
     token = uuid.uuid4().hex[:12]
     staging = work_dir / f"export-{token}"
     image = work_dir / f"export-{token}.iso"
@@ -433,6 +446,7 @@ async def export_session(
                 await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
                 found, size = await asyncio.to_thread(_copy_hashed, store.layout.root / record.path,
                                                       record.size, target)
+                kept_space.wrote(booking, size)  # on the disk now, in the free figure
                 if (found, size) != (want.sha256, record.size):
                     problem = (f"altered after sealing: its stored copy gives {found} ({size} bytes), the "
                                f"ledger {want.sha256} ({record.size} bytes)")
@@ -456,10 +470,13 @@ async def export_session(
             target = staging / name
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(target.write_bytes, data)
+            kept_space.wrote(booking, len(data))
             files.append(DiscFile(name, None, hashlib.sha256(data).hexdigest(), "supporting file"))
         page = how_to_verify(case_number, session, station_id, key.key_id, key.public_key_b64, files)
-        (staging / VERIFY_PAGE).write_text(page, encoding="utf-8")
-        (staging / SUMS_NAME).write_text(sums_file(files), encoding="utf-8")
+        for name, text in ((VERIFY_PAGE, page), (SUMS_NAME, sums_file(files))):
+            data = text.encode("utf-8")
+            (staging / name).write_bytes(data)
+            kept_space.wrote(booking, len(data))
         volume = volume_id(session)
         said = await _run(disc_argv(xorriso, staging, image, volume))
         if said is not None:
@@ -472,6 +489,7 @@ async def export_session(
                          "writer took the space meanwhile): free space first")
             await _refuse(pipeline, session, by, f"xorriso could not write the image: {said}",
                           INSUFFICIENT_STORAGE if full else 500)
+        kept_space.set_remaining(booking, 0)  # the image is written: nothing more to write
         digest, size = await asyncio.to_thread(_hash_file, image)
     except OSError as exc:  # a disk that filled meanwhile (another writer), an I/O error: nothing is left
         image.unlink(missing_ok=True)
@@ -486,7 +504,6 @@ async def export_session(
         image.unlink(missing_ok=True)
         raise
     finally:
-        pipeline.kept_space.release(booking)
         await asyncio.to_thread(shutil.rmtree, staging, True)
         with contextlib.suppress(OSError):  # the session's work directory, unless the image is in it
             work_dir.rmdir()
