@@ -29,12 +29,22 @@ input, whose audio the agent took out) and every later sample where its PTS puts
   than `rebase_s` into sound already written) is a re-base too. Only a small overlap of real sound (a
   PTS going back a little) has its overlapping samples dropped. `dropped_samples` counts all received
   sound not written, whatever the cause (`dropped_share()` its share);
-* a hole is filled only up to the latest video PTS plus `lead_s`: an audio PTS further ahead of the
-  picture (a damaged or hostile PES header, an audio clock set on) is a jump, not a hole: the sound goes
-  on where it is (re-based, counted in `jumps`); and no sound is written beyond it either: an audio clock
-  faster than the picture's stamped by its sample count (8050 Hz for 8000) has what would run further
-  dropped from the start of its PES (`clock_dropped_samples`), so the raw sound never runs more than
-  `lead_s` ahead of the picture (ffmpeg, interleaving by time, would leave it in the pipe);
+* a hole is filled only up to the latest video PTS plus `lead_s` (or, while the picture has stopped and
+  the sound goes on, up to where the sound is plus `lead_s`): an audio PTS further ahead (a damaged or
+  hostile PES header, an audio clock set on) is a jump, not a hole: the sound goes on where it is (re-based,
+  counted in `jumps`);
+* the sound's lead on the picture is judged on the stream's clock, never on a picture that stopped: it is
+  measured as each video frame comes while the picture flows (a video PTS step up to STALL_S; none across
+  a picture stop), taken at its least over each DRIFT_WINDOW_S of flowing picture in which the sound
+  flowed too (no silence filled, re-base or jump in it). The first such window's least is the run's lead
+  (at most `lead_s`: a camera muxing its sound early; never below 0: late sound is the lag's business);
+  a later window's least more than DRIFT_LEAD_S past it is a sustained rate difference (an audio clock
+  faster than the picture's stamped by its sample count, 8050 Hz for 8000): the excess is dropped from
+  the start of the sound to come (counted in `clock_dropped_samples`, the PTS after it shifted by as
+  much), so the raw sound stays with the picture (ffmpeg, interleaving by time, would leave it in the
+  pipe). While the picture has stopped, the sound received goes on where its PTS puts it, nothing
+  dropped (the feed's pipe and its audio-overflow bound what waits): when the picture comes back, the
+  sound is in step with it;
 * a video timestamp jump of more than `max_jump_s` (a device's clock set, a PTS wrap taken care of
   apart) is no hole to fill: ffmpeg itself re-bases the video there (its dts_delta_threshold for PS
   inputs, 10 s), so the audio goes on where it is (counted in `jumps`).
@@ -70,7 +80,11 @@ MAX_LAG_S = 5.0  # the most the lag allowed grows to follow a camera that muxes 
 LAG_MARGIN_S = 0.5  # the lag allowed, beyond a late camera's measured lag
 REBASE_S = 0.1  # real sound written over by more than this is a PTS set back: a re-base, not a repeat
 MAX_JUMP_S = 10.0  # ffmpeg's dts_delta_threshold: a larger jump is a re-based clock, not a hole
-LEAD_S = 1.0  # the sound is never written more than this ahead of the latest picture
+LEAD_S = 1.0  # the most the sound's steady lead on the flowing picture may be (and a hole's reach past it)
+STALL_S = 0.5  # a video PTS step larger than this is a picture stop: the lead is not measured across it ...
+STALL_SAMPLES = round(STALL_S * SAMPLE_RATE_HZ)  # ... and this much sound since the last frame is one too
+DRIFT_WINDOW_S = 5.0  # the lead as each frame comes is taken at its least over this much flowing picture
+DRIFT_LEAD_S = 0.1  # a window's least lead this far past the run's is a fast audio clock's, dropped
 REORDER_S = 0.2  # a hole after real sound waits this much of the sound after it for PES muxed late ...
 MAX_HELD = 16  # ... and at most this many PES
 JITTER_S = 0.04  # a PES this close (and under half its length) to where the sound is: written there
@@ -126,6 +140,10 @@ class AudioTimeline:
         self._max_jump_ticks = round(max_jump_s * CLOCK_HZ)
         self._rebase_samples = round(REBASE_S * SAMPLE_RATE_HZ)
         self._reorder_samples = round(reorder_s * SAMPLE_RATE_HZ)
+        self._lead_samples = round(lead_s * SAMPLE_RATE_HZ)
+        self._stall_ticks = round(STALL_S * CLOCK_HZ)
+        self._drift_window_ticks = round(DRIFT_WINDOW_S * CLOCK_HZ)
+        self._drift_lead_samples = round(DRIFT_LEAD_S * SAMPLE_RATE_HZ)
         self._last_raw: int | None = None  # the last PTS seen (either stream: one clock), as carried
         self._last_unwrapped = 0
         self._origin: int | None = None  # the first video PTS (unwrapped): sample 0
@@ -134,6 +152,12 @@ class AudioTimeline:
         self._video_at: int | None = None  # the latest video PTS, ticks from the origin
         self._video_arrived_ns = 0
         self._frame_ticks = DEFAULT_FRAME_TICKS
+        self._real_since_video = 0  # real sound written since the latest video frame (a picture stop)
+        self._lead_base: int | None = None  # the run's lead on the flowing picture (samples)
+        self._lead_least: int | None = None  # the least lead in the current window ...
+        self._lead_window = 0  # ... and the flowing picture (ticks) it spans
+        self._lead_cut = 0  # samples of a fast clock's excess still to drop from the sound to come
+        self._window_marks = (0, 0, 0)  # `_marks()` as the window began
         self.samples = 0  # samples written (the raw stream's clock)
         self._real_end = 0  # the end of the last real sound written
         self._real_written = False
@@ -211,8 +235,13 @@ class AudioTimeline:
                 self.jumps += 1
             elif step > 0:
                 self._frame_ticks = step
+        flowing = self._video_at is not None and 0 < at - self._video_at <= self._stall_ticks
+        if flowing:
+            assert self._video_at is not None
+            self._measure_lead(at, at - self._video_at)
         self._video_at = max(at, self._video_at or at)
         self._video_arrived_ns = arrived_ns
+        self._real_since_video = 0
         behind = self._samples_at(self._video_at - self._lag_ticks)
         if behind <= self.samples:
             return b""
@@ -294,8 +323,10 @@ class AudioTimeline:
     def _is_jump(self, start: int) -> bool:
         """A PTS further ahead than the picture allows, or than a clock jump: not a hole to fill."""
         assert self._video_at is not None
-        return (start > self._samples_at(self._video_at + self._lead_ticks)
-                or start - self.samples > self._samples_at(self._max_jump_ticks))
+        reach = self._samples_at(self._video_at + self._lead_ticks)
+        if self._real_since_video >= STALL_SAMPLES:  # the picture stopped, the sound goes on: its own clock
+            reach = max(reach, self.samples + self._lead_samples)
+        return start > reach or start - self.samples > self._samples_at(self._max_jump_ticks)
 
     def _held_end(self) -> int:
         position, _, data = self._held[-1]
@@ -367,21 +398,44 @@ class AudioTimeline:
         return data
 
     def _real(self, data: bytes) -> bytes:
-        """Real sound written at the end, never more than `lead_s` ahead of the picture: what would run
-        further (an audio clock faster than the picture's) is dropped from its start, and the sound after
-        it follows on (its PTS shifted by as much)."""
-        assert self._video_at is not None
-        over = self.samples + len(data) - self._samples_at(self._video_at + self._lead_ticks)
-        if over > 0:
-            cut = min(over, len(data))
+        """Real sound written at the end, less a fast audio clock's excess still to drop (from its start:
+        the sound after it follows on, its PTS shifted by as much)."""
+        if self._lead_cut > 0:
+            cut = min(self._lead_cut, len(data))
             data = data[cut:]
+            self._lead_cut -= cut
             self._shift -= cut
             self.dropped_samples += cut
             self.clock_dropped_samples += cut
             if not data:
                 return b""
+        self._real_since_video += len(data)
         self._write_real(len(data))
         return data
+
+    def _measure_lead(self, video_at: int, step: int) -> None:
+        """The picture flows (a frame at `video_at`, `step` after the last): the sound's lead on it taken,
+        and a window's least lead beyond the run's (a sustained rate difference) set to be dropped. Only a
+        window in which the sound flowed too counts: none with silence filled (sound lost, or late: the lag
+        fill), a re-base or a jump in it, nor a lead behind the picture (the lag's business, not a fast
+        clock's)."""
+        lead = self.samples - self._samples_at(video_at)
+        self._lead_least = lead if self._lead_least is None else min(self._lead_least, lead)
+        self._lead_window += step
+        if self._lead_window < self._drift_window_ticks:
+            return
+        least, self._lead_least, self._lead_window = self._lead_least, None, 0
+        marks, self._window_marks = self._window_marks, self._marks()
+        if marks != self._window_marks:
+            return
+        if self._lead_base is None:
+            self._lead_base = min(max(least, 0), self._lead_samples)
+        elif least - self._lead_base > self._drift_lead_samples:
+            self._lead_cut = least - self._lead_base
+
+    def _marks(self) -> tuple[int, int, int]:
+        """What changes when the sound does not flow: silence filled, re-bases, jumps."""
+        return self.filled_samples, self.rebases, self.jumps
 
     def _unwrap(self, pts: int) -> int:
         """`pts` on a line that does not wrap at 2**33 (26.5 hours), nearest to the last one seen."""

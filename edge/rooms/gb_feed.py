@@ -13,7 +13,15 @@ camera's PSM as it changes: a new one that renumbers the sound (0xC0 -> 0xC1) is
 there on; one that gives it in the other G.711 law has it converted sample by sample into the run's law
 (:mod:`edge.rooms.g711`: the raw pipe's format is the run's; `audio_input`, `converted_audio_pes`); one
 that gives it in a codec the raw pipe cannot carry ends the run with an `audio-codec-changed` reason naming
-both (never a gap saying received sound was missing); the next run reads the new PSM. Received sound the
+both (never a gap saying received sound was missing); the next run reads the new PSM. A run prepared
+without sound (its PSM listed none, or AAC after such a switch) whose camera's PSM later lists G.711 ends
+too (`audio-codec-changed: none/AAC -> G.711A`) so that the next run records the sound, rate-limited so that
+a camera flapping between AAC and G.711 does not restart the run at every PSM: the G.711 PSM must stay in
+force for CODEC_SETTLE_S of the stream's picture (a PSM without it starts the count again), and a channel's
+run ends this way at most once per CODEC_RESTART_INTERVAL_S (later, the run that still misses the sound
+ends once the interval is over: the sound is never left out for good). A law switch within G.711 is said
+on the log the first time in a run, then at most once per CODEC_LOG_INTERVAL_S with the count since
+(`audio_codec_changes` counts them all). Received sound the
 timeline drops (a drifting clock, overlaps, repeats) is in `status`, and said on the log once a run past
 DROPPED_NOTICE_SHARE of it. The timeline's gaps
 (opened as soon as the sound is lost, closed when it is back) go to `on_audio_gap` as they come; at the
@@ -67,6 +75,14 @@ AUDIO_OVERFLOW_REASON = "audio-overflow"
 AUDIO_CODEC_CHANGED_REASON = "audio-codec-changed"
 DROPPED_NOTICE_SHARE = 0.01  # received sound dropped beyond this share of it is said on the log ...
 DROPPED_NOTICE_AFTER_S = 10.0  # ... once this much of it was written
+CODEC_SETTLE_S = 2.0  # a video-only run's PSM lists G.711 this long (stream time) before the run ends for it
+CODEC_RESTART_INTERVAL_S = 60.0  # ... and a channel's run ends for it at most once in this long
+CODEC_LOG_INTERVAL_S = 60.0  # a G.711 law switch said once, then at most once in this long with a count
+CLOCK_HZ = 90_000
+PTS_MODULUS = 1 << 33
+# When a channel's run last ended to take up its G.711 sound (time.monotonic(), by the feed's `what`: one
+# entry per configured channel); a later run of the channel waits out CODEC_RESTART_INTERVAL_S from it.
+_sound_restarts: dict[str, float] = {}
 CODEC_NAMES = {Codec.G711A: "G.711A", Codec.G711U: "G.711U"}
 # ffmpeg reads the program stream from a key frame on, so a short probe suffices; a damaged pack is dropped
 # rather than muxed.
@@ -209,6 +225,10 @@ class GbRunFeed:
         self.inputs: list[RoomInputConfig] = []
         self.end_reason: str | None = None  # why the feed ended the run itself (None: the channel's end)
         self.video_bytes = 0
+        self._g711_listed_ticks = 0  # picture (90 kHz) gone by while a video-only run's PSM lists G.711
+        self._last_video_pts: int | None = None
+        self._switch_logged_at: float | None = None  # when a G.711 law switch was last said on the log
+        self._switches_unsaid = 0  # ... and those not said since
 
     def __repr__(self) -> str:
         return f"GbRunFeed({self.what})"
@@ -306,7 +326,10 @@ class GbRunFeed:
         self._video.write(out.video)
         self.video_bytes += len(out.video)
         timeline, audio = self.timeline, self._audio
-        if timeline is None or audio is None or self._audio_finished:
+        if timeline is None or audio is None:
+            self._watch_for_sound(out)
+            return
+        if self._audio_finished:
             return
         now = time.time_ns()
         pieces = []
@@ -335,12 +358,50 @@ class GbRunFeed:
 
     def _input_changed(self, codec: Codec) -> None:
         """The camera's PSM now gives its sound in the other G.711 law: converted sample by sample into the
-        run's (the raw pipe's format is the run's), said once per change."""
+        run's (the raw pipe's format is the run's). Said the first time in the run, then at most once per
+        CODEC_LOG_INTERVAL_S with the count since (a camera flapping at every packet must not flood the
+        journal)."""
         previous, self.audio_input = self.audio_input, codec
         self.audio_codec_changes += 1
-        log.warning("%s: the camera's sound changed from %s to %s; recorded as %s (converted by the G.711 "
-                    "tables)", self.what, _codec_name(previous), _codec_name(codec),
+        self._switches_unsaid += 1
+        now = time.monotonic()
+        if self._switch_logged_at is not None and now - self._switch_logged_at < CODEC_LOG_INTERVAL_S:
+            return
+        since = ("" if self._switch_logged_at is None
+                 else f" ({self._switches_unsaid} changes in the last {now - self._switch_logged_at:.0f} s)")
+        self._switch_logged_at, self._switches_unsaid = now, 0
+        log.warning("%s: the camera's sound changed from %s to %s%s; recorded as %s (converted by the G.711 "
+                    "tables)", self.what, _codec_name(previous), _codec_name(codec), since,
                     _codec_name(self.audio_codec))
+
+    def _watch_for_sound(self, out: SplitOutput) -> None:
+        """A run prepared without sound: once the camera's PSM has listed G.711 for CODEC_SETTLE_S of the
+        picture, the run ends (`audio-codec-changed`) so that the next records it; at most once per
+        CODEC_RESTART_INTERVAL_S for the channel (see the module docstring)."""
+        if self.end_reason is not None:
+            return
+        listed = self._splitter.audio_codec()
+        for pts in out.video_pts:
+            step = None if self._last_video_pts is None else (pts - self._last_video_pts) % PTS_MODULUS
+            self._last_video_pts = pts
+            if listed in FFMPEG_FORMATS and step is not None and 0 < step <= CLOCK_HZ:
+                self._g711_listed_ticks += step  # a jump or a step back is no time gone by
+        if listed not in FFMPEG_FORMATS:
+            self._g711_listed_ticks = 0
+            return
+        if self._g711_listed_ticks < CODEC_SETTLE_S * CLOCK_HZ:
+            return
+        now = time.monotonic()
+        last = _sound_restarts.get(self.what)
+        if last is not None and now - last < CODEC_RESTART_INTERVAL_S:
+            return
+        _sound_restarts[self.what] = now
+        self.audio_codec_changes += 1
+        was = _codec_name(self.unsupported_audio)
+        self.end_reason = (f"{AUDIO_CODEC_CHANGED_REASON}: {was} -> {_codec_name(listed)}: the camera's "
+                           f"stream map gives its sound in {_codec_name(listed)} again; this run was "
+                           "prepared without sound and ends so that the next one records it")
+        log.warning("%s: %s", self.what, self.end_reason)
 
     def _codec_changed(self, codec: Codec) -> None:
         """The camera's sound is now in a codec the raw pipe of this run cannot carry: the run ends with
