@@ -44,7 +44,7 @@ import signal
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,7 @@ async def capture_run(
     pass_fds: Sequence[int] = (),
     meter: WriteMeter | None = None,
     end_for: Callable[[], str | None] | None = None,
+    end_inputs: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
@@ -314,6 +315,14 @@ async def capture_run(
             await drain  # every line ffmpeg wrote before it exited
             ended = describe_exit(process.returncode, list(stderr))
     finally:
+        if end_inputs is not None and process.returncode is None:
+            # Pipes the agent writes (a GB/T 28181 channel's feed) end first: ffmpeg blocked reading a
+            # stalled input restarts its read after SIGTERM and would be killed with its open segment
+            # unfinished (an MP4 without its index); at the end of its input it closes the segment itself.
+            try:
+                await end_inputs()
+            except Exception:  # the stop goes on whatever ending the inputs met
+                log.exception("the inputs of ffmpeg %d could not be ended before its stop", process.pid)
         await _stop(process, stop_timeout_s)
         drain.cancel()
         if progress is not None:

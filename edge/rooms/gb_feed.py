@@ -436,6 +436,11 @@ class GbRunFeed:
             except Exception:  # the record of a gap must not end the feed
                 log.exception("%s: reporting an audio gap failed", self.what)
 
+    def end_inputs(self) -> None:
+        """The run is stopping (its pump done): ffmpeg's inputs end, so that it closes its open segment
+        itself rather than wait on a stalled camera for more."""
+        self._close_writers()
+
     def _close_writers(self) -> None:
         for writer in (self._video, self._audio):
             if writer is not None:

@@ -282,6 +282,7 @@ async def join_source(
         return await _refused(pipeline, result, where, problems)
     root = pipeline.store.layout.root
     parts: list[tuple[Path, float | None]] = []
+    durations: list[float | None] = []  # each segment's video length, in the segments' order
     first: StreamLayout | None = None
     for number, segment in enumerate(segments, 1):
         record = pipeline.repository.item(str(segment["item"]))
@@ -299,13 +300,22 @@ async def join_source(
             # would give a file that does not play past the change.
             problems.append(f"{what} has streams {_layout_text(layout)}, the first segment "
                             f"{_layout_text(first)}: they cannot be joined into one file")
+        durations.append(video_s)
+        if video_s is not None and video_s <= 0:
+            # A run's segment cut by a stall or the stop before ffmpeg wrote a frame holds no picture
+            # (ffprobe: 0.0 s): nothing of it can be in the joined file, and its duration places nothing.
+            log.info("%s: its video lasts %s s: it holds no picture and adds nothing to the join", what,
+                     video_s)
+            continue
         parts.append((path, video_s))
+    if not problems and not parts:
+        problems.append("every segment sealed for this source holds no picture (the camera's stream "
+                        "stopped before the first frame was written): nothing to join")
     if problems:
         return await _refused(pipeline, result, where, problems)
     # What the joined file holds is the segments' content: the gaps are placed, and the recorded time
     # summed, by how long each segment's video lasts (its ledger times are the station clock's mapping
     # of it, which for a run's last segment can be shorter than what ffmpeg flushed into it).
-    durations = [video_s for _, video_s in parts]
     own_gaps = [g for g in manifest.get("gaps", []) if g.get("source") == source_id]
     result.gaps = gaps_in_joined(segments, own_gaps, durations)
     result.recorded_s = sum(segment_duration_s(s) if d is None else d
@@ -314,7 +324,11 @@ async def join_source(
     list_path = work_dir / f"join-{source_id}.ffconcat"
     output = work_dir / f"joined-{source_id}.mp4"
     output.unlink(missing_ok=True)  # a work file an earlier, interrupted join left
-    await asyncio.to_thread(write_atomic, list_path, concat_list(parts).encode())
+    try:
+        listed = concat_list(parts)
+    except ValueError as exc:  # a path ffconcat cannot hold: refused like any other problem, never raised
+        return await _refused(pipeline, result, where, [str(exc)])
+    await asyncio.to_thread(write_atomic, list_path, listed.encode())
     try:
         argv = join_argv(ffmpeg, list_path, output, joined_metadata(session, source_id))
         code, said = await _run(argv, f"join {session.session}/{source_id}")

@@ -69,7 +69,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -527,9 +527,10 @@ class SessionRecording:
     async def _ffmpeg_run(
         self, source: SourceRecording, inputs: list[RoomInputConfig], plan: SegmentPlan, run_began_ns: int,
         redact: Callable[[str], str], liveness: Liveness, first_segment: asyncio.Event,
-        *, input_fds: tuple[int, ...] = (),
+        *, input_fds: tuple[int, ...] = (), end_inputs: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """The ffmpeg of one run, in a run directory of its own (`input_fds`: pipes its inputs read)."""
+        """The ffmpeg of one run, in a run directory of its own (`input_fds`: pipes its inputs read;
+        `end_inputs`: ends them as the run stops, before ffmpeg is told to)."""
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, source.config.id, run)
@@ -539,12 +540,13 @@ class SessionRecording:
             argv = builder(self.settings.ffmpeg, inputs, plan, run_dir)
             await self._capture(source, argv, run_dir, run_began_ns, started_ns, redact, liveness,
                                 first_segment,
-                                pass_fds=input_fds + (() if pipes is None else pipes.pass_fds))
+                                pass_fds=input_fds + (() if pipes is None else pipes.pass_fds),
+                                end_inputs=end_inputs)
 
     async def _capture(
         self, source: SourceRecording, argv: list[str], run_dir: Path, run_began_ns: int, started_ns: int,
         redact: Callable[[str], str], liveness: Liveness, first_segment: asyncio.Event,
-        *, pass_fds: tuple[int, ...],
+        *, pass_fds: tuple[int, ...], end_inputs: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """The ffmpeg of one run (`argv`, inheriting `pass_fds`): its segments handed over as they close,
         its end a gap (see :meth:`_one_run`)."""
@@ -615,7 +617,8 @@ class SessionRecording:
                 await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
                                   on_started=started, anchor_ns=started_ns, redact=redact,
                                   report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds,
-                                  meter=source.meter, end_for=None if writer is None else writer.end_for)
+                                  meter=source.meter, end_for=None if writer is None else writer.end_for,
+                                  end_inputs=end_inputs)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise
@@ -725,9 +728,15 @@ class SessionRecording:
             plan = gb_plan(self.settings.segment_time_s, self.settings.mp4_layout, metadata, audio=with_audio)
             pump = asyncio.create_task(self._gb_pump(source, feed),
                                        name=f"room-gb-feed-{self.session.room}-{config.id}")
+
+            async def end_inputs() -> None:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                feed.end_inputs()
+
             try:
                 await self._ffmpeg_run(source, feed.inputs, plan, run_began_ns, redact_url_userinfo, liveness,
-                                       first_segment, input_fds=feed.pass_fds)
+                                       first_segment, input_fds=feed.pass_fds, end_inputs=end_inputs)
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
