@@ -342,7 +342,35 @@ class _UploadState:
     received: ReceivedContent | None = None
 
 
-class TusUploadStore:
+class LeasedRemoval:
+    """The removals of a tus upload store over its ``_remove(upload_id, terminating=...)``: registration's
+    (done with the content), the station's termination (refused with :class:`UploadLeasedError` while a
+    registration holds the complete upload's lease, so the content is never pulled from under it), and
+    a removal that leaves a leased upload alone. Each store removes under its own lock (the local store's,
+    PostgreSQL's advisory lock), which the lease's claim takes too."""
+
+    def _remove(self, upload_id: str, *, terminating: bool) -> bool:
+        raise NotImplementedError
+
+    def remove(self, upload_id: str) -> bool:
+        """Delete the upload (registration, done with it); False when there was nothing. Raises
+        :class:`UploadBusyError`."""
+        return self._remove(upload_id, terminating=False)
+
+    def terminate(self, upload_id: str) -> bool:
+        """:meth:`remove` for the station's tus termination (DELETE): refused with
+        :class:`UploadLeasedError` while a registration holds the complete upload's lease."""
+        return self._remove(upload_id, terminating=True)
+
+    def remove_unleased(self, upload_id: str) -> bool:
+        """:meth:`remove` unless a registration holds the complete upload (False then)."""
+        try:
+            return self._remove(upload_id, terminating=True)
+        except UploadLeasedError:
+            return False
+
+
+class TusUploadStore(LeasedRemoval):
     """Uploads under ``root`` (see the module docstring for the layout and the commit rule)."""
 
     def __init__(
@@ -576,24 +604,6 @@ class TusUploadStore:
         with self._lock:
             state = self._states.get(_check_id(upload_id))
             return state.received if state is not None and state.info.complete else None
-
-    def remove(self, upload_id: str) -> bool:
-        """Delete the upload's files (registration, done with them); False when there was nothing. Raises
-        :class:`UploadBusyError`."""
-        return self._remove(upload_id, terminating=False)
-
-    def terminate(self, upload_id: str) -> bool:
-        """:meth:`remove` for the station's tus termination (DELETE): refused with
-        :class:`UploadLeasedError` while a registration holds the complete upload (:meth:`complete_path`'s
-        lease), so that the content is never pulled from under the registration moving it."""
-        return self._remove(upload_id, terminating=True)
-
-    def remove_unleased(self, upload_id: str) -> bool:
-        """:meth:`remove` unless a registration holds the complete upload (False then)."""
-        try:
-            return self._remove(upload_id, terminating=True)
-        except UploadLeasedError:
-            return False
 
     def release_lease(self, upload_id: str) -> None:
         """End the lease :meth:`complete_path` gave (a registration that failed): the station may terminate

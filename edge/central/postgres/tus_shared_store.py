@@ -57,6 +57,7 @@ from edge.central.tus_staging import TusStaging
 from edge.central.tus_store import (
     PREFIX_SHA256,
     ChunkChecksum,
+    LeasedRemoval,
     OffsetMismatchError,
     QuotaExceededError,
     TusStoreError,
@@ -163,7 +164,7 @@ class _Connections:
                 conn.close()
 
 
-class SharedTusStore:
+class SharedTusStore(LeasedRemoval):
     """Uploads in PostgreSQL and the bucket (see the module docstring). Blocking and thread-safe: the HTTP
     layer calls it from worker threads."""
 
@@ -409,25 +410,6 @@ class SharedTusStore:
             parts = self._parts(conn, upload_id)
         vouched = self._vouched.get(upload_id) == info.sha256
         return StagedUpload(self, info, self.sources(upload_id, parts), vouched=vouched)
-
-    def remove(self, upload_id: str) -> bool:
-        """Delete the upload's parts and record (registration, done with them); False when there was none.
-        Raises :class:`UploadBusyError`."""
-        return self._remove(upload_id, terminating=False)
-
-    def terminate(self, upload_id: str) -> bool:
-        """:meth:`remove` for the station's tus termination (DELETE): refused with
-        :class:`UploadLeasedError` while a registration (on any receiver) holds the complete upload's lease
-        (:meth:`staged`). Looked at under the upload's lock, which the claim takes too: either the
-        termination drops the upload before the claim reads it, or it sees the claim's lease."""
-        return self._remove(upload_id, terminating=True)
-
-    def remove_unleased(self, upload_id: str) -> bool:
-        """:meth:`remove` unless a registration (on any receiver) holds the complete upload (False then)."""
-        try:
-            return self._remove(upload_id, terminating=True)
-        except UploadLeasedError:
-            return False
 
     def release_lease(self, upload_id: str) -> None:
         """End the lease :meth:`staged` gave (a registration that failed): the station may terminate the
