@@ -53,6 +53,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from drivers.gb28181.ps import Codec
@@ -80,13 +81,26 @@ CODEC_RESTART_INTERVAL_S = 60.0  # ... and a channel's run ends for it at most o
 CODEC_LOG_INTERVAL_S = 60.0  # a G.711 law switch said once, then at most once in this long with a count
 CLOCK_HZ = 90_000
 PTS_MODULUS = 1 << 33
-# When a channel's run last ended to take up its G.711 sound (time.monotonic(), by the feed's `what`: one
-# entry per configured channel); a later run of the channel waits out CODEC_RESTART_INTERVAL_S from it.
-_sound_restarts: dict[str, float] = {}
 CODEC_NAMES = {Codec.G711A: "G.711A", Codec.G711U: "G.711U"}
 # ffmpeg reads the program stream from a key frame on, so a short probe suffices; a damaged pack is dropped
 # rather than muxed.
 VIDEO_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
+
+
+@dataclass
+class SoundRestartGate:
+    """When a channel's run last ended to take up its G.711 sound (time.monotonic()): kept by the room's
+    channel across its runs (edge.rooms.gb_source), so that a later run waits out CODEC_RESTART_INTERVAL_S
+    from it; each room's channel has its own."""
+
+    last: float | None = None
+
+    def allows(self, now: float) -> bool:
+        """Whether a run may end for its sound at `now` (and, if so, that it did)."""
+        if self.last is not None and now - self.last < CODEC_RESTART_INTERVAL_S:
+            return False
+        self.last = now
+        return True
 
 
 def _codec_name(codec: Codec | None) -> str:
@@ -204,9 +218,11 @@ class GbRunFeed:
     ffmpeg, `pump()` as a task while it runs, `close()` after it."""
 
     def __init__(self, reader: FeedReader, *, what: str,
-                 on_audio_gap: Callable[[AudioGapEvent], None] = lambda gap: None) -> None:
+                 on_audio_gap: Callable[[AudioGapEvent], None] = lambda gap: None,
+                 sound_restarts: SoundRestartGate | None = None) -> None:
         self._reader = reader
         self.what = what
+        self._sound_restarts = SoundRestartGate() if sound_restarts is None else sound_restarts
         self._on_audio_gap = on_audio_gap
         self._splitter = PsAudioSplitter()
         self._pending: list[SplitOutput] = []
@@ -391,11 +407,8 @@ class GbRunFeed:
             return
         if self._g711_listed_ticks < CODEC_SETTLE_S * CLOCK_HZ:
             return
-        now = time.monotonic()
-        last = _sound_restarts.get(self.what)
-        if last is not None and now - last < CODEC_RESTART_INTERVAL_S:
+        if not self._sound_restarts.allows(time.monotonic()):
             return
-        _sound_restarts[self.what] = now
         self.audio_codec_changes += 1
         was = _codec_name(self.unsupported_audio)
         self.end_reason = (f"{AUDIO_CODEC_CHANGED_REASON}: {was} -> {_codec_name(listed)}: the camera's "

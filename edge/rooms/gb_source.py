@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from edge.config.rooms import RoomGbChannelConfig
 from edge.gb28181.live import LiveError, LiveEvent, LiveHandle, LiveStreams
 from edge.rooms.gb_audio import AudioGapEvent
-from edge.rooms.gb_feed import GbFeedEnded, GbRunFeed
+from edge.rooms.gb_feed import GbFeedEnded, GbRunFeed, SoundRestartGate
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class GbRoomChannel:
         self.config = config
         self._on_event = on_event
         self._handle: LiveHandle | None = None
+        self._sound_restarts = SoundRestartGate()  # this room's channel, across its runs
 
     def __repr__(self) -> str:
         return f"GbRoomChannel({self.config.device_id}/{self.config.channel_id})"
@@ -111,7 +112,7 @@ class GbRoomChannel:
             self.close()  # a stopped channel is held again at the next run
             raise GbSourceUnavailable(str(exc)) from None
         feed = GbRunFeed(reader, what=f"GB/T 28181 channel {self.config.device_id}/{self.config.channel_id}",
-                         on_audio_gap=on_audio_gap)
+                         on_audio_gap=on_audio_gap, sound_restarts=self._sound_restarts)
         try:
             await feed.prepare()
         except GbFeedEnded as exc:

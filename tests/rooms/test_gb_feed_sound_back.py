@@ -9,24 +9,26 @@ Feed over real pipes with the scripted reader of tests.rooms.test_gb_feed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from drivers.gb28181.ps import Codec, PsMuxer
-from edge.rooms import gb_feed
-from edge.rooms.gb_feed import AUDIO_CODEC_CHANGED_REASON, CODEC_RESTART_INTERVAL_S, GbRunFeed
+from edge.rooms.gb_feed import (
+    AUDIO_CODEC_CHANGED_REASON,
+    CODEC_RESTART_INTERVAL_S,
+    GbRunFeed,
+    SoundRestartGate,
+)
 from tests.rooms.test_gb_feed import FRAME, IDR, SLICE, ScriptedReader, _drain
 from tests.rooms.test_gb_feed_codec import ALAW_TONE
 
 WHAT = "sound-back channel"
 
 
-@pytest.fixture(autouse=True)
-def _no_restart_yet() -> Iterator[None]:
-    gb_feed._sound_restarts.pop(WHAT, None)
-    yield
-    gb_feed._sound_restarts.pop(WHAT, None)
+@pytest.fixture
+def gate() -> SoundRestartGate:
+    """The channel's memory of its runs' restarts, kept across its runs as the room's channel keeps it."""
+    return SoundRestartGate()
 
 
 def _stream(seconds: float, *, flapping: bool) -> list[bytes]:
@@ -44,8 +46,8 @@ def _stream(seconds: float, *, flapping: bool) -> list[bytes]:
     return chunks
 
 
-async def _run(chunks: list[bytes]) -> GbRunFeed:
-    feed = GbRunFeed(ScriptedReader(chunks), what=WHAT)
+async def _run(chunks: list[bytes], gate: SoundRestartGate | None = None) -> GbRunFeed:
+    feed = GbRunFeed(ScriptedReader(chunks), what=WHAT, sound_restarts=gate)
     await feed.prepare()
     never = asyncio.Event()
     try:
@@ -69,12 +71,13 @@ async def test_a_camera_flapping_aac_and_g711_does_not_restart_the_run() -> None
     assert feed.unsupported_audio is Codec.AAC and feed.end_reason is None
 
 
-async def test_a_channel_s_run_ends_for_its_sound_at_most_once_per_interval() -> None:
-    first = await _run(_stream(8.0, flapping=False))
+async def test_a_channel_s_run_ends_for_its_sound_at_most_once_per_interval(gate: SoundRestartGate) -> None:
+    first = await _run(_stream(8.0, flapping=False), gate)
     assert first.end_reason is not None
-    second = await _run(_stream(8.0, flapping=False))
+    second = await _run(_stream(8.0, flapping=False), gate)
     assert second.end_reason is None  # within the interval: the run goes on video only
     # Once the interval is over, the run missing the sound ends.
-    gb_feed._sound_restarts[WHAT] -= CODEC_RESTART_INTERVAL_S + 1
-    third = await _run(_stream(8.0, flapping=False))
+    assert gate.last is not None
+    gate.last -= CODEC_RESTART_INTERVAL_S + 1
+    third = await _run(_stream(8.0, flapping=False), gate)
     assert third.end_reason is not None
