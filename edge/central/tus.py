@@ -277,7 +277,11 @@ def http_date(moment: datetime) -> str:
 async def _blocking(fn: Callable[..., _T], *args: object) -> _T:
     """Run ``fn`` in a worker thread; a cancelled caller still waits for it (two threads must never
     touch one upload file at once), then re-raises the cancellation."""
-    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    return await _outcome(asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args)))
+
+
+async def _outcome(future: asyncio.Future[_T]) -> _T:
+    """The result of a worker thread's call; a cancelled caller still waits for the call to end."""
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -287,6 +291,41 @@ async def _blocking(fn: Callable[..., _T], *args: object) -> _T:
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not log it as lost
         raise
+
+
+class _WriteBehind:
+    """Blocks of one request body written (and hashed) in a worker thread while the loop reads the next:
+    at most one call in flight, so one thread at a time touches the upload. :meth:`submit` waits for the
+    call before it (raising its error), :meth:`wait` for the one in flight; a cancelled caller still
+    waits for it to end."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[None] | None = None
+
+    async def submit(self, fn: Callable[..., None], *args: object) -> None:
+        await self.wait()
+        self._running = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+    async def wait(self) -> None:
+        running = self._running
+        if running is None:
+            return
+        try:
+            await _outcome(running)
+        finally:
+            self._running = None
+
+    async def settle(self) -> None:
+        """:meth:`wait`, its error dropped (the caller is already failing or cancelled)."""
+        with contextlib.suppress(Exception):
+            await self.wait()
+
+
+def _write_then(write: UploadAppend, pieces: list[bytes], end: Callable[[], UploadInfo]) -> UploadInfo:
+    """The body's last pieces and its end (finish, keep) in one worker-thread call."""
+    if pieces:
+        write.write_pieces(pieces)
+    return end()
 
 
 def _single_header(request: web.Request, name: str) -> str | None:
@@ -491,8 +530,16 @@ class _TusEndpoints:
     async def _receive(
         self, request: web.Request, write: UploadAppend
     ) -> tuple[UploadInfo, TusRequestError | None]:
-        """Stream the body into ``write``; the committed state and the refusal to answer, if any."""
-        pending = bytearray()
+        """Stream the body into ``write``; the committed state and the refusal to answer, if any.
+
+        The bytes objects the body arrives in are collected as they are (no joined copy) and handed to a
+        worker thread every ``_WRITE_BLOCK_BYTES``, which hashes and writes them (one ``pwritev``) while
+        the loop reads the next block: the socket keeps being read, and the block's hash (hashlib lets go
+        of the GIL) runs beside the loop's TLS. At most two blocks of a request are in memory."""
+        pieces: list[bytes] = []
+        collected = 0
+        end = write.offset  # of the bytes received; write.offset moves in the worker
+        behind = _WriteBehind()
         failure: TusRequestError | None = None
         too_long = False
         try:
@@ -520,7 +567,7 @@ class _TusEndpoints:
                     break
                 if not data:
                     break
-                if write.offset + len(pending) + len(data) > write.length:
+                if end + len(data) > write.length:
                     too_long = True
                     failure = TusRequestError(
                         413,
@@ -528,20 +575,21 @@ class _TusEndpoints:
                         f"the body runs past Upload-Length {write.length}; the request was discarded",
                     )
                     break
-                pending += data
-                if len(pending) >= _WRITE_BLOCK_BYTES:
-                    # Hand the buffer over instead of copying it: one block in memory, not two.
-                    block, pending = pending, bytearray()
-                    await _blocking(write.write, block)
+                end += len(data)
+                pieces.append(data)
+                collected += len(data)
+                if collected >= _WRITE_BLOCK_BYTES:
+                    # Cancelled while the block before is still in flight: these pieces stay for keep().
+                    await behind.submit(write.write_pieces, pieces)
+                    pieces, collected = [], 0
+            await behind.wait()
             if too_long:
                 return await _blocking(write.discard), failure
-            if pending:
-                block, pending = pending, bytearray()
-                await _blocking(write.write, block)
+            block, pieces = pieces, []
             if failure is not None:
-                return await _blocking(write.keep), failure
+                return await _blocking(_write_then, write, block, write.keep), failure
             try:
-                return await _blocking(write.finish), None
+                return await _blocking(_write_then, write, block, write.finish), None
             except ChecksumMismatchError as exc:
                 return write.info, TusRequestError(
                     460, "checksum_mismatch", f"{exc}; the chunk was discarded"
@@ -549,9 +597,8 @@ class _TusEndpoints:
         except asyncio.CancelledError:
             # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
             with contextlib.suppress(Exception):
-                if pending:
-                    await _blocking(write.write, pending)
-                await _blocking(write.keep)
+                await behind.settle()
+                await _blocking(_write_then, write, pieces, write.keep)
             raise
         except OSError as exc:
             log.error("upload %s: storage failed: %s", write.upload_id, exc)
@@ -562,7 +609,10 @@ class _TusEndpoints:
                 status, "storage_failed", f"the server could not store the chunk: {exc.strerror or exc}"
             )
         finally:
-            await _blocking(write.close)
+            try:
+                await behind.settle()
+            finally:
+                await _blocking(write.close)
 
     async def _begin(self, upload_id: str, offset: int, checksum: ChunkChecksum | None) -> UploadAppend:
         try:

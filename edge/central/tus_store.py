@@ -59,7 +59,7 @@ import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +103,8 @@ _INFO_SUFFIX = ".info.json"
 # An info record is a few hundred bytes; a much larger file is damage, not a record.
 _MAX_INFO_BYTES = 64 * 1024
 _READ_BLOCK_BYTES = 1024 * 1024
+# Buffers one pwritev takes at most (POSIX guarantees 16; Linux takes 1024).
+_IOV_MAX = max(16, min(1024, os.sysconf("SC_IOV_MAX")))
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # How long a registration holds a complete upload's content once it asked for it (see complete_path).
 _LEASE_S = 3600.0
@@ -832,6 +834,22 @@ class TusUploadStore(LeasedRemoval):
             state.busy = False
 
 
+def _pwrite_all(fd: int, pieces: Sequence[bytes | bytearray | memoryview], offset: int) -> None:
+    """Write ``pieces`` back to back at ``offset`` of ``fd``, however the kernel splits the writes (at most
+    ``_IOV_MAX`` buffers a call, and a call may write less than asked)."""
+    views = [memoryview(piece) for piece in pieces if len(piece)]
+    while views:
+        written = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += written
+        done = 0
+        while done < len(views) and written >= len(views[done]):
+            written -= len(views[done])
+            done += 1
+        del views[:done]
+        if written:
+            views[0] = views[0][written:]
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -869,6 +887,29 @@ class UploadWriteBase(ABC):
     def info(self) -> UploadInfo:
         """The last committed state."""
         return self._info
+
+    @property
+    @abstractmethod
+    def offset(self) -> int:
+        """End of the bytes received so far (committed or not)."""
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
+
+    def write_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append ``pieces`` in order; raises :class:`UploadTooLargeError` (writing nothing) past the
+        length."""
+        self._check_room(sum(len(piece) for piece in pieces))
+        for piece in pieces:
+            self.write(piece)
+
+    def _check_room(self, size: int) -> None:
+        if self.offset + size > self._info.length:
+            raise UploadTooLargeError(
+                f"upload {self.upload_id}: {self.offset + size} bytes would exceed its length "
+                f"{self._info.length}"
+            )
 
     def _new_chunk_hasher(self) -> _Hasher | None:
         """A hasher of this request's body alone, for a per-chunk algorithm (none for the prefix digest,
@@ -915,8 +956,8 @@ class UploadWrite(UploadWriteBase):
         self._whole_at_commit = state.hasher
         self._committed = state.info.offset
         self._offset = state.info.offset
+        # Written with pwritev at the offset the write keeps, so the file position never matters.
         self._fd: int | None = os.open(store._part_path(self._info.upload_id), os.O_WRONLY | os.O_CLOEXEC)
-        os.lseek(self._fd, self._offset, os.SEEK_SET)
 
     @property
     def offset(self) -> int:
@@ -930,21 +971,22 @@ class UploadWrite(UploadWriteBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
+        self.write_pieces((data,))
+
+    def write_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append ``pieces`` in order with one ``pwritev`` (no joined copy of them); raises
+        :class:`UploadTooLargeError` (writing nothing) past the length."""
         fd = self._fd_or_raise()
-        if self._offset + len(data) > self._info.length:
-            raise UploadTooLargeError(
-                f"upload {self.upload_id}: {self._offset + len(data)} bytes would exceed its length "
-                f"{self._info.length}"
-            )
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if self._chunk_hasher is not None:
-            self._chunk_hasher.update(data)
-        if self._whole is not None:
-            self._whole.update(data)
-        self._offset += len(data)
-        log.debug("upload %s: wrote %d bytes, now at %d", self.upload_id, len(data), self._offset)
+        size = sum(len(piece) for piece in pieces)
+        self._check_room(size)
+        _pwrite_all(fd, pieces, self._offset)
+        for piece in pieces:
+            if self._chunk_hasher is not None:
+                self._chunk_hasher.update(piece)
+            if self._whole is not None:
+                self._whole.update(piece)
+        self._offset += size
+        log.debug("upload %s: wrote %d bytes, now at %d", self.upload_id, size, self._offset)
         if self._checksum is None and self._offset - self._committed >= self._commit_every_bytes:
             self._commit()
 
@@ -998,7 +1040,6 @@ class UploadWrite(UploadWriteBase):
         dropped = self._offset - self._committed
         os.ftruncate(fd, self._committed)
         os.fsync(fd)
-        os.lseek(fd, self._committed, os.SEEK_SET)
         self._offset = self._committed
         self._whole = self._whole_at_commit.copy() if self._whole_at_commit is not None else None
         self._chunk_hasher = self._new_chunk_hasher()
