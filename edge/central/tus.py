@@ -16,12 +16,14 @@ with ``Tus-Resumable`` (tus requires it on every response). The one refusal of t
 for an item, a creation longer than the maximum upload size (413 ``too_large``), also carries
 ``"refusal"``: the central's signed refusal (``sign_refusal``, :mod:`edge.custody.refusal`), by which the
 station tells it from a proxy's 413. Numbers in headers are ASCII digits only
-(:mod:`edge.central.numbers`). Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES``
-whatever their size; a body that sends nothing for ``chunk_timeout_s`` ends the request (408, connection
-closed), keeping the bytes that arrived unless the request declared a checksum (a partial chunk cannot be
-verified). A client that disconnects (or a handler cancelled by the server) is treated the same way, and
-logged as an ordinary event (INFO), not as a failure. A ``Transfer-Encoding`` other than ``chunked`` is
-refused with 501 before any byte is read: the offsets count content bytes, and nothing is decoded.
+(:mod:`edge.central.numbers`). Request bodies stream to disk in blocks of about ``_WRITE_BLOCK_BYTES``
+whatever their size, each hashed and written in a worker thread while the loop reads the next (one such
+call per upload at a time: see ``_receive``); a body that sends nothing for ``chunk_timeout_s`` ends the
+request (408, connection closed), keeping the bytes that arrived unless the request declared a checksum
+(a partial chunk cannot be verified). A client that disconnects (or a handler cancelled by the server)
+is treated the same way, and logged as an ordinary event (INFO), not as a failure. A
+``Transfer-Encoding`` other than ``chunked`` is refused with 501 before any byte is read: the offsets
+count content bytes, and nothing is decoded.
 
 Bounds: a creation that would take the station's uploads not yet registered beyond its quota gets
 ``507 quota_exceeded`` with ``Retry-After``. 507 and not 413, because it passes (as uploads complete and
