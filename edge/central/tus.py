@@ -317,10 +317,14 @@ class _WriteBehind:
         finally:
             self._running = None
 
-    async def settle(self) -> None:
-        """:meth:`wait`, its error dropped (the caller is already failing or cancelled)."""
-        with contextlib.suppress(Exception):
+    async def settle(self) -> bool:
+        """:meth:`wait`, its error dropped (the caller is already failing or cancelled); False when the
+        call in flight failed."""
+        try:
             await self.wait()
+        except Exception:
+            return False
+        return True
 
 
 def _write_then(write: UploadAppend, pieces: list[bytes], end: Callable[[], UploadInfo]) -> UploadInfo:
@@ -599,8 +603,11 @@ class _TusEndpoints:
         except asyncio.CancelledError:
             # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
             with contextlib.suppress(Exception):
-                await behind.settle()
-                await _blocking(_write_then, write, pieces, write.keep)
+                if await behind.settle():
+                    await _blocking(_write_then, write, pieces, write.keep)
+                else:
+                    # The block before these pieces failed: they must not take its place in the file.
+                    await _blocking(write.discard)
             raise
         except OSError as exc:
             log.error("upload %s: storage failed: %s", write.upload_id, exc)

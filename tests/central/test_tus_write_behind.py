@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -53,6 +55,9 @@ class WatchedWrite:
                 watch.writing.set()
                 if not watch.gate.wait(60):
                     raise AssertionError("the test never opened the gate")
+                if watch.fail_held_write:
+                    watch.fail_held_write = False
+                    raise OSError(errno.EIO, "injected: the disk failed this block")
             return getattr(self._inner, name)(*args)
         finally:
             with watch.lock:
@@ -85,6 +90,7 @@ class Watch:
         self.writing = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
+        self.fail_held_write = False
 
 
 class WatchedStore(SignallingStore):
@@ -164,7 +170,9 @@ async def test_a_body_of_many_pieces_lands_in_order_one_call_at_a_time(tmp_path:
     assert store.watch.most_at_once == 1
 
 
-async def _cancel_during_a_held_block(tmp_path: Path) -> tuple[WatchedStore, bool, str, bytes, int]:
+async def _cancel_during_a_held_block(
+    tmp_path: Path, *, fail_the_block: bool = False
+) -> tuple[WatchedStore, bool, str, bytes, int]:
     """A PATCH whose first block's write is held in the worker, its client gone (the handler cancelled):
     the store, whether the upload was released while the block was held, the upload URL, the data, and
     the bytes sent."""
@@ -185,6 +193,7 @@ async def _cancel_during_a_held_block(tmp_path: Path) -> tuple[WatchedStore, boo
         await writer.wait_closed()
         await asyncio.sleep(1.0)  # the cancelled handler would release the upload by now if it did not wait
         released_early = store.released.is_set()
+        store.watch.fail_held_write = fail_the_block
         store.watch.gate.set()
         await wait_event(store.released)
         await asyncio.sleep(0.2)  # a write let go of too early ends now
@@ -210,6 +219,33 @@ async def test_control_a_write_behind_that_does_not_wait_is_caught(
     monkeypatch.setattr(tus._WriteBehind, "wait", no_wait)
     store, released_early, _url, _data, _sent = await _cancel_during_a_held_block(tmp_path)
     assert released_early or store.watch.most_at_once > 1
+
+
+async def test_a_block_that_failed_is_not_replaced_by_the_pieces_after_it(tmp_path: Path) -> None:
+    """The held block's write fails (EIO) while the handler is cancelled: what arrived after it is not
+    written in its place; the upload stays at its committed offset with exactly the bytes before it."""
+    store, _early, url, data, _sent = await _cancel_during_a_held_block(tmp_path, fail_the_block=True)
+    upload_id = url.rsplit("/", 1)[1]
+    offset = store.get(upload_id).offset  # type: ignore[union-attr]
+    assert offset == 0
+    assert (store.root / f"{upload_id}.part").read_bytes() == data[:offset]
+
+
+async def test_control_keeping_the_pieces_after_a_failed_block_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_wait = tus._WriteBehind.wait
+
+    async def settle_as_if_it_went_well(self: tus._WriteBehind) -> bool:
+        with contextlib.suppress(Exception):
+            await real_wait(self)
+        return True
+
+    monkeypatch.setattr(tus._WriteBehind, "settle", settle_as_if_it_went_well)
+    store, _early, url, data, _sent = await _cancel_during_a_held_block(tmp_path, fail_the_block=True)
+    upload_id = url.rsplit("/", 1)[1]
+    offset = store.get(upload_id).offset  # type: ignore[union-attr]
+    assert offset > 0 and (store.root / f"{upload_id}.part").read_bytes() != data[:offset]
 
 
 @pytest.mark.parametrize("limit", [1, 3, 1000])
