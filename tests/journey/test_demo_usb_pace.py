@@ -20,8 +20,8 @@ EDGE = [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(m
 
 
 def _demo(*args: str) -> dict[str, Any]:
-    done = subprocess.run([*EDGE, "demo", "--no-central", "--recorders", "1", "--files", "2", "--json", *args],
-                          capture_output=True, text=True, timeout=600,
+    argv = [*EDGE, "demo", "--no-central", "--recorders", "1", "--files", "2", "--json", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
