@@ -35,7 +35,9 @@ in that process too) and central_cpu_s_per_gb (the central's process). --embedde
 mode, the central inside the demo's process (no figures by side). offload_cores: the offload-only demo's CPU
 over its offload, in cores. The simulated recorders deliver far faster than USB 2.0 recorders would
 (about 190 MiB/s from 3 bays here), faster than one uplink moves bytes on this machine, so the journey
-is bounded by the uplink's throughput rather than by how well upload overlaps the offload.
+is bounded by the uplink's throughput rather than by how well upload overlaps the offload. --usb-mb-s N
+paces each recorder's reads to N MB/s in both demos (`edge demo --usb-mb-s`: the simulator's FUSE volume
+with a token bucket), as recorders on USB 2.0 deliver (30 to 40 MB/s a bay): the ratio at field speed.
 
 --s3: the centrals keep their objects in an S3 bucket with Object Lock on a throwaway single-node Ceph
 cluster (tests/central/ceph.py; RGW over http on 127.0.0.1, its daemons' CPU not counted), so
