@@ -121,6 +121,8 @@ _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")  # printable ASCII without space an
 _SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _ITEM_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WRITE_BLOCK_BYTES = 1024 * 1024
+# Body pieces smaller than this are joined before a block is written (see _Block).
+_SMALL_PIECE_BYTES = 64 * 1024
 _ADVERTISED_CHECKSUMS = (*CHECKSUM_ALGORITHMS, PREFIX_SHA256)
 _REASONS = {460: "Checksum Mismatch"}
 # Retry-After of 503/507 refusals when the application gives no limiter to take it from.
@@ -327,11 +329,35 @@ class _WriteBehind:
         return True
 
 
-def _write_then(write: UploadAppend, pieces: list[bytes], end: Callable[[], UploadInfo]) -> UploadInfo:
+def _write_then(
+    write: UploadAppend, pieces: list[bytes | bytearray], end: Callable[[], UploadInfo]
+) -> UploadInfo:
     """The body's last pieces and its end (finish, keep) in one worker-thread call."""
     if pieces:
         write.write_pieces(pieces)
     return end()
+
+
+class _Block:
+    """The pieces of a body collected for one write: large ones kept as they arrived (no copy), small
+    ones joined into buffers of up to ``_SMALL_PIECE_BYTES``, so a body trickling in tiny pieces costs
+    a few list entries a block, not one Python object (and one iovec) per piece."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes | bytearray] = []
+        self.size = 0
+        self._small: bytearray | None = None  # the open buffer of small pieces, the list's last entry
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if len(data) >= _SMALL_PIECE_BYTES:
+            self.pieces.append(data)
+            self._small = None
+            return
+        if self._small is None or len(self._small) >= _SMALL_PIECE_BYTES:
+            self._small = bytearray()
+            self.pieces.append(self._small)
+        self._small += data
 
 
 def _single_header(request: web.Request, name: str) -> str | None:
@@ -538,12 +564,12 @@ class _TusEndpoints:
     ) -> tuple[UploadInfo, TusRequestError | None]:
         """Stream the body into ``write``; the committed state and the refusal to answer, if any.
 
-        The bytes objects the body arrives in are collected as they are (no joined copy) and handed to a
-        worker thread every ``_WRITE_BLOCK_BYTES``, which hashes and writes them (one ``pwritev``) while
-        the loop reads the next block: the socket keeps being read, and the block's hash (hashlib lets go
-        of the GIL) runs beside the loop's TLS. At most two blocks of a request are in memory."""
-        pieces: list[bytes] = []
-        collected = 0
+        The bytes objects the body arrives in are collected as they are (no joined copy; small ones are
+        joined, see :class:`_Block`) and handed to a worker thread every ``_WRITE_BLOCK_BYTES``, which
+        hashes and writes them (one ``pwritev``) while the loop reads the next block: the socket keeps
+        being read, and the block's hash (hashlib lets go of the GIL) runs beside the loop's TLS. At most
+        two blocks of a request are in memory."""
+        block = _Block()
         end = write.offset  # of the bytes received; write.offset moves in the worker
         behind = _WriteBehind()
         failure: TusRequestError | None = None
@@ -582,20 +608,20 @@ class _TusEndpoints:
                     )
                     break
                 end += len(data)
-                pieces.append(data)
-                collected += len(data)
-                if collected >= _WRITE_BLOCK_BYTES:
-                    # Cancelled while the block before is still in flight: these pieces stay for keep().
-                    await behind.submit(write.write_pieces, pieces)
-                    pieces, collected = [], 0
+                block.add(data)
+                if block.size >= _WRITE_BLOCK_BYTES:
+                    # Cancelled while the block before is still in flight: this one stays for keep().
+                    await behind.submit(write.write_pieces, block.pieces)
+                    block = _Block()  # the pieces handed over are never touched here again
             await behind.wait()
             if too_long:
                 return await _blocking(write.discard), failure
-            block, pieces = pieces, []
+            # Taken out first: cancelled during the call below, the cancellation must not write them again.
+            last, block = block.pieces, _Block()
             if failure is not None:
-                return await _blocking(_write_then, write, block, write.keep), failure
+                return await _blocking(_write_then, write, last, write.keep), failure
             try:
-                return await _blocking(_write_then, write, block, write.finish), None
+                return await _blocking(_write_then, write, last, write.finish), None
             except ChecksumMismatchError as exc:
                 return write.info, TusRequestError(
                     460, "checksum_mismatch", f"{exc}; the chunk was discarded"
@@ -604,7 +630,7 @@ class _TusEndpoints:
             # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
             with contextlib.suppress(Exception):
                 if await behind.settle():
-                    await _blocking(_write_then, write, pieces, write.keep)
+                    await _blocking(_write_then, write, block.pieces, write.keep)
                 else:
                     # The block before these pieces failed: they must not take its place in the file.
                     await _blocking(write.discard)

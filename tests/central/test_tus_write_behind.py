@@ -275,3 +275,18 @@ def test_pieces_are_written_whole_and_in_order_however_the_kernel_splits_them(
     assert len(calls) > 2, "control: the writes really were split"
     assert store.complete_path(info.upload_id).read_bytes() == data
     assert done.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_block_keeps_large_pieces_as_they_are_and_joins_small_ones() -> None:
+    block = tus._Block()
+    large = os.urandom(tus._SMALL_PIECE_BYTES)
+    tiny = [os.urandom(1) for _ in range(3 * tus._SMALL_PIECE_BYTES)]
+    block.add(large)
+    for piece in tiny:
+        block.add(piece)
+    block.add(large)
+    block.add(b"tail")
+    assert block.pieces[0] is large and block.pieces[4] is large, "large pieces are not copied"
+    assert len(block.pieces) == 6, "a trickle of 1-byte pieces costs a few entries, not one per piece"
+    assert b"".join(block.pieces) == large + b"".join(tiny) + large + b"tail"
+    assert block.size == 2 * len(large) + len(tiny) + 4
