@@ -462,6 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         gb_faults=tuple(args.gb_fault),
         shift=args.shift,
         central_process=args.central_process,
+        own_process=True,
     )
     if options.shift and (options.room or options.source != "usb" or not options.central):
         print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
