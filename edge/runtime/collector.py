@@ -35,5 +35,5 @@ def freeze_start_up_objects(what: str) -> int:
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
-    log.debug("%s started: %d objects moved out of the cyclic collector's reach", what, frozen)
+    log.info("%s started: %d objects moved out of the cyclic collector's reach", what, frozen)
     return frozen
