@@ -8,6 +8,7 @@ import faulthandler
 import getpass
 import json
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -463,7 +464,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shift=args.shift,
         central_process=args.central_process,
         own_process=True,
+        usb_mb_s=args.usb_mb_s,
     )
+    if options.usb_mb_s is not None and (options.room or options.shift or options.source != "usb"):
+        print("error: --usb-mb-s paces the recorders docked over USB: it cannot go with --room, --shift or "
+              "--source gb28181", file=sys.stderr)
+        return ExitCode.USAGE
     if options.shift and (options.room or options.source != "usb" or not options.central):
         print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
               "go with --room, --source gb28181 or --no-central", file=sys.stderr)
@@ -483,6 +489,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except CentralProcessError as exc:  # its log's tail is in the message
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.FAILED
+
+
+def _positive_mb_s(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MB/s as a number, found {value[:40]!r}") from None
+    if not math.isfinite(rate) or not 0.1 <= rate <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 0.1 to 10000 MB/s, found {value[:40]!r}")
+    return rate
 
 
 def _mqtts_url(value: str) -> str:
@@ -580,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--files", type=int, default=5, help="files per recorder")
     demo.add_argument("--file-mb", type=float, default=2.0, help="size of each video file in MiB")
+    demo.add_argument(
+        "--usb-mb-s", type=_positive_mb_s, default=None, metavar="MB_S",
+        help="pace each docked recorder's reads to this many MB/s, as recorders on USB 2.0 deliver (30 to 40 "
+        "a bay); default: as fast as this machine reads the simulated volumes",
+    )
     demo.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
     demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
     demo.add_argument(

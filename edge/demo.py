@@ -124,6 +124,9 @@ class DemoOptions:
     shift: bool = False  # a shift of issue and return at the desk instead (edge.demo_shift)
     central_process: bool = False  # the central as `edge central run` in its own process, not embedded
     own_process: bool = False  # the demo is its process (`edge demo`): start-up objects frozen once ready
+    # Each docked recorder's reads paced to this many MB/s (10^6 bytes), as recorders on USB 2.0 deliver
+    # (30 to 40 MB/s a bay); None: as fast as this machine reads the simulated volumes.
+    usb_mb_s: float | None = None
 
 
 class DemoCentral(Protocol):
@@ -151,7 +154,10 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
+def recorder_specs(
+    count: int, files: int, file_mb: float, usb_mb_s: float | None = None
+) -> list[RecorderSpec]:
+    rate = None if usb_mb_s is None else max(1, round(usb_mb_s * 1_000_000))
     specs = []
     for i in range(count):
         specs.append(
@@ -170,6 +176,7 @@ def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]
                 clock_offset_s=[-95.0, 3.5, 0.2, 42.0][i % 4],
                 clock_drift_ppm=20.0,
                 battery_percent=30 + (17 * i) % 60,
+                rate_limit_bytes_per_s=rate,
             )
         )
     return specs
@@ -276,11 +283,12 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     password_file = workdir / "recorder-password"
     password_file.write_text(DEMO_PASSWORD + "\n")
     os.chmod(password_file, 0o600)
-    specs = recorder_specs(options.recorders, options.files, options.file_mb)
+    specs = recorder_specs(options.recorders, options.files, options.file_mb, options.usb_mb_s)
     print(f"evidence-edge demo in {workdir}", file=out)
+    paced = f", each read at {options.usb_mb_s:g} MB/s" if options.usb_mb_s is not None else ""
     print(
         f"making {len(specs)} simulated recorders with {options.files} files each "
-        f"(video {options.file_mb:g} MiB) ...",
+        f"(video {options.file_mb:g} MiB{paced}) ...",
         file=out,
         flush=True,
     )
@@ -357,6 +365,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
         "wiped": sum(r.wiped for r in results),
         "errors": errors,
         "seconds": round(time.monotonic() - started, 2),
+        "usb_mb_s": options.usb_mb_s,
         "offload_seconds": round(offload_s, 2),
         # Docking to the last receipt (equal to offload_seconds without a central).
         "journey_seconds": round(journey_s, 2),

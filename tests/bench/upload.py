@@ -1,7 +1,7 @@
 """Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
     python tests/bench/upload.py [--total-mb 1024] [--files 16] [--chunk-mb 8] [--json]
-    python tests/bench/upload.py --pipeline [--file-mb 50] [--rounds 3] [--embedded-central]
+    python tests/bench/upload.py --pipeline [--file-mb 50] [--rounds 3] [--embedded-central] [--usb-mb-s 35]
     python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
@@ -35,7 +35,9 @@ in that process too) and central_cpu_s_per_gb (the central's process). --embedde
 mode, the central inside the demo's process (no figures by side). offload_cores: the offload-only demo's CPU
 over its offload, in cores. The simulated recorders deliver far faster than USB 2.0 recorders would
 (about 190 MiB/s from 3 bays here), faster than one uplink moves bytes on this machine, so the journey
-is bounded by the uplink's throughput rather than by how well upload overlaps the offload.
+is bounded by the uplink's throughput rather than by how well upload overlaps the offload. --usb-mb-s N
+paces each recorder's reads to N MB/s in both demos (`edge demo --usb-mb-s`: the simulator's FUSE volume
+with a token bucket), as recorders on USB 2.0 deliver (30 to 40 MB/s a bay): the ratio at field speed.
 
 --s3: the centrals keep their objects in an S3 bucket with Object Lock on a throwaway single-node Ceph
 cluster (tests/central/ceph.py; RGW over http on 127.0.0.1, its daemons' CPU not counted), so
@@ -541,11 +543,14 @@ def mode_single(
     }
 
 
-def mode_pipeline(work: Path, file_mb: float, embedded: bool, rounds: int) -> dict[str, Any]:
+def mode_pipeline(work: Path, file_mb: float, embedded: bool, rounds: int,
+                  usb_mb_s: float | None = None) -> dict[str, Any]:
+    paced = ["--usb-mb-s", str(usb_mb_s)] if usb_mb_s is not None else []
+
     def demo(*extra: str) -> dict[str, Any]:
         cpu_before = children_cpu_s()
         done = subprocess.run(
-            [*edge_command(), "demo", "--file-mb", str(file_mb), "--json", *extra],
+            [*edge_command(), "demo", "--file-mb", str(file_mb), "--json", *paced, *extra],
             capture_output=True,
             text=True,
         )
@@ -579,6 +584,7 @@ def mode_pipeline(work: Path, file_mb: float, embedded: bool, rounds: int) -> di
         "mode": "pipeline",
         "central": "embedded" if embedded else "own process",
         "file_mb": file_mb,
+        "usb_mb_s": usb_mb_s,
         "rounds": rounds,
         "items": runs["journey"][0]["items"],
         "receipts": runs["journey"][0]["receipts"],
@@ -651,6 +657,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
+    parser.add_argument("--usb-mb-s", type=float, default=None,
+                        help="--pipeline: each recorder read at this many MB/s, as on USB 2.0 (30 to 40); "
+                             "default: as fast as the simulated volumes read")
     parser.add_argument("--embedded-central", action="store_true",
                         help="--pipeline: the central inside the demo's process (the old mode), not its own")
     parser.add_argument("--stations", type=int, default=0)
@@ -671,7 +680,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.pipeline:
-            result = mode_pipeline(work, args.file_mb, args.embedded_central, args.rounds)
+            result = mode_pipeline(work, args.file_mb, args.embedded_central, args.rounds, args.usb_mb_s)
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
         elif args.s3:
