@@ -3,9 +3,9 @@
 Why: each full (oldest-generation) collection walks every object the process holds, and most of them
 were made while starting and live as long as the process: the modules, the pydantic configuration
 models and their validators, the store's and the server's set-up (about 57 000 objects in the upload
-benchmark's uplink process, 76 000 in `edge central run`; 20 to 30 ms of CPU per full collection here). CPython
-starts one whenever the objects promoted since the last one exceed a quarter of those, so a busy agent
-pays for walking its start-up objects again and again for as long as it runs.
+benchmark's uplink process, 76 000 in `edge central run`; 20 to 30 ms of CPU per full collection
+here). CPython starts one whenever the objects promoted since the last one exceed a quarter of those,
+so a busy agent pays for walking its start-up objects again and again for as long as it runs.
 
 ``gc.freeze()`` moves every object tracked at that moment into a permanent generation the collector
 never walks. What it costs: a reference cycle among those objects that becomes garbage later is not
