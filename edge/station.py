@@ -45,6 +45,7 @@ from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import receiver_keeping_free
 from edge.gb28181.platform import GbPlatform, PlatformSettings
 from edge.gb28181.policy import DownloadPolicy
+from edge.ingest.kept_space import NOTHING_HELD_OR_BOOKED, HeldOrBooked
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
@@ -349,10 +350,11 @@ class StationAgent:
             if self._own_backend and close is not None:
                 close()
 
-    def _kept_free_bytes(self) -> int:
-        """What the rooms recording hold on the store's disk beyond its reserve (the pipeline is made after
-        the GB/T 28181 platform: read when a download's receiver looks)."""
-        return 0 if self.pipeline is None else self.pipeline.kept_space.bytes_now()
+    def _held_or_booked(self) -> HeldOrBooked:
+        """What the rooms recording hold on the store's disk beyond its reserve, and what docking copies,
+        disc exports, documents and other downloads' copies booked and have still to write (the pipeline is
+        made after the GB/T 28181 platform: read as a download's receiver writes)."""
+        return NOTHING_HELD_OR_BOOKED if self.pipeline is None else self.pipeline.kept_space.held_or_booked()
 
     def _add_gb28181(self, supervisor: Supervisor) -> None:
         """The GB/T 28181 platform (edge.gb28181): devices register, keep alive, answer queries. Losing it
@@ -370,9 +372,10 @@ class StationAgent:
             record=lambda entry_type, data: store.record(entry_type, None, data),
             clock_trusted=lambda: self.status.clock_trusted,
             # The download spool is on the store's disk: a transfer stops before it eats into the reserve.
-            # ... nor into what the rooms recording hold beyond it (edge.ingest.kept_space, issue 11).
+            # ... nor into what the rooms recording hold beyond it (edge.ingest.kept_space, issue 11), nor
+            # into what other writers booked: a docking copy that passed its check and is still writing.
             open_receiver=receiver_keeping_free(self.config.offload.min_free_bytes,
-                                                kept_free=self._kept_free_bytes),
+                                                kept_free=self._held_or_booked),
             clock_history_dir=store.layout.root / CLOCK_HISTORY_DIR,
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot

@@ -70,9 +70,11 @@ recording it was asked for), when the transfer stalls or runs too long (`time-li
 error (`error`), on the disk falling behind a UDP stream (`disk-slow`, above), or when the disk holding the
 raw PS runs low (`disk-full`, with `min_free_bytes`: after each write, the disk's free space must keep
 `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received, so what came can still be copied
-into the store and converted there without eating into the store's reserve; review 22; plus, read at each
-look, `kept_free()`: what writers that cannot wait hold beyond that reserve, the rooms recording, issue 11;
-a write refused for
+into the store and converted there without eating into the store's reserve; review 22; plus `kept_free()`,
+read as each write is handed to the worker, before the worker reads the free space: what other writers hold
+beyond that reserve, the rooms recording, issue 11, and what other writers that can wait booked and have
+still to write, a docking copy, a disc export, another download's copy into the store, so the download does
+not take the bytes their own checks counted on; the guard is on with either; a write refused for
 a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26, also the write in flight as the session ends;
 the outcome's `write_refused` names the errno and `write_refused_free_bytes` what statvfs showed just after,
 in the worker call that was refused, which tells a quota from a full disk: review 29; an fsync refused for
@@ -126,7 +128,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from drivers.gb28181.framing import Framing, FramingError, StreamDeframer, TcpFrame
 from drivers.gb28181.ps import EsFrame, PsDemuxer, PsEvent, StreamMap, is_audio, is_video
@@ -170,6 +172,19 @@ PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outa
 ROOM_PER_RECEIVED_BYTE = 3
 # The most of one recording a download takes by default (`max_bytes`: [gb28181.download] max_recording_mb).
 DEFAULT_MAX_RECORDING_BYTES = 8 * 1024 * 1024 * 1024
+
+
+class SpaceTaken(Protocol):
+    """What other writers hold or booked on the raw PS's disk beyond `min_free_bytes` (the station passes
+    edge.ingest.kept_space's `HeldOrBooked`)."""
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def said(self) -> str:
+        """Who, for the guard's reason ("" when nothing is taken)."""
+        ...
 
 
 class MediaError(Exception):
@@ -699,7 +714,7 @@ class MediaReceiver:
         max_buffered_bytes: int,
         sink: Callable[[bytes], None] | None = None,
         min_free_bytes: int = 0,
-        kept_free: Callable[[], int] | None = None,
+        kept_free: Callable[[], SpaceTaken] | None = None,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
@@ -723,7 +738,9 @@ class MediaReceiver:
         self._clock = clock
         self._max_buffered = max_buffered_bytes
         self._min_free_bytes = min_free_bytes
-        self._kept_free = kept_free  # read on the loop at each look: the holders come and go
+        self._kept_free = kept_free  # read on the loop at each write: the holders and bookings come and go
+        self._guarded = bool(min_free_bytes) or kept_free is not None
+        self._taken_at_flush: SpaceTaken | None = None  # what `kept_free()` said as the write in flight began
         window = reorder_window if transport is MediaTransport.UDP else 1
         self._reorder = ReorderBuffer(window=window)
         self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
@@ -1107,6 +1124,9 @@ class MediaReceiver:
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
+        # Read before the worker reads the free space (edge.ingest.kept_space): a booking written meanwhile
+        # is in the free figure by then, so it is never missed, at worst counted twice.
+        self._taken_at_flush = None if self._kept_free is None else self._kept_free()
         flight = self._loop.run_in_executor(None, _flush_measured, self._fd, chunk, self._raw_directory)
         self._flight = flight
         flight.add_done_callback(self._flushed)
@@ -1138,12 +1158,13 @@ class MediaReceiver:
                 self._detail = self._write_failed
             return
         received = self._counters.bytes
-        kept = 0 if self._kept_free is None else self._kept_free()
+        taken = self._taken_at_flush
+        kept = 0 if taken is None else taken.bytes
         needed = self._min_free_bytes + kept + ROOM_PER_RECEIVED_BYTE * received
-        if self._min_free_bytes and self._ended is None and flight.result() < needed:
+        if self._guarded and self._ended is None and flight.result() < needed:
             # Stopped here, not at a full disk: what came can still be sealed (the rest of the stream is
             # not taken: `_finish` writes only what was already buffered).
-            held = f" and the {kept} held for the rooms recording" if kept else ""
+            held = f" and the {kept} other writers hold or booked ({taken.said})" if taken and kept else ""
             self._end(EndReason.DISK_FULL,
                       f"the disk of the raw PS has {flight.result()} bytes free after {received} bytes "
                       f"received: under the {self._min_free_bytes} kept free{held} plus "
@@ -1273,7 +1294,7 @@ async def open_receiver(
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     sink: Callable[[bytes], None] | None = None,
     min_free_bytes: int = 0,
-    kept_free: Callable[[], int] | None = None,
+    kept_free: Callable[[], SpaceTaken] | None = None,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
@@ -1320,11 +1341,11 @@ async def open_receiver(
     return receiver
 
 
-def receiver_keeping_free(min_free_bytes: int, kept_free: Callable[[], int] | None = None
+def receiver_keeping_free(min_free_bytes: int, kept_free: Callable[[], SpaceTaken] | None = None
                           ) -> Callable[..., Awaitable[MediaReceiver]]:
     """`open_receiver` with its free-space guard set (`min_free_bytes`: the station store's reserve, since
-    the download spool is on the store's disk; `kept_free`: what the rooms recording hold beyond it, read
-    at each look), for the platform's `open_receiver` seam."""
+    the download spool is on the store's disk; `kept_free`: what the rooms recording hold beyond it and what
+    other writers booked, read at each write), for the platform's `open_receiver` seam."""
     if min_free_bytes < 0:
         raise MediaError("min_free_bytes must not be negative")
 

@@ -26,6 +26,11 @@ given up when that coroutine ends, however it ends. A writer that hands its writ
 still queued gives it up at once (the work, should it start, writes nothing), and one cancelled while its
 work runs leaves it to the worker (the bytes are still being written), which stops at its next chunk.
 
+A writer that can wait and books nothing, because it measures the disk after each write instead (a GB/T
+28181 download's media receiver: edge.gb28181.media), keeps free what the groups hold and every booking
+(:meth:`KeptSpace.held_or_booked`): the bookings are all other writers', since a download's own copy into
+the store books only once its receiver has closed (edge.sources.gb28181.recordings `ingest_download`).
+
 This module knows no group: edge.rooms registers its rule (edge.rooms.space.rooms_kept_free), so edge.ingest
 never imports edge.rooms. Copies run in worker threads: its state is behind a lock, held for no I/O.
 """
@@ -81,6 +86,20 @@ class Booking:
     what: str  # printable: the device and file shown, the session
     remaining: int
     order: int  # when it was booked: a check counts only the bookings made before its own
+
+
+@dataclass(frozen=True)
+class HeldOrBooked:
+    """What the groups hold and the bookings have still to write, together: what a writer that books
+    nothing keeps free beyond the store's reserve (edge.gb28181.media's receiver guard reads it)."""
+
+    bytes: int
+    # For a refusal: "5 held for the rooms recording (...) and 7 booked by 1 copy(s) in progress (...)";
+    # empty when nothing is held or booked.
+    said: str
+
+
+NOTHING_HELD_OR_BOOKED = HeldOrBooked(0, "")
 
 
 def said_bookings(bookings: Sequence[Booking]) -> str:
@@ -183,13 +202,15 @@ class KeptSpace:
                     for group, members in sorted(self._members.items())]
         return [rule(members) for rule, members in held]
 
-    def bytes_now(self) -> int:
-        return sum(kept.bytes for kept in self.now())
-
-    def said_now(self) -> str:
-        """For a refusal: " and N held for ..." (empty when nothing is held)."""
+    def held_or_booked(self) -> HeldOrBooked:
+        """What the groups hold now and every booking's bytes still to write (read before the free space it
+        is set against, as a booking's check does). From any thread."""
+        booked = [b for b in self.booked() if b.remaining]
         held = [kept for kept in self.now() if kept.bytes]
-        return "".join(f" and {kept.bytes} held for {kept.what}" for kept in held)
+        said = [f"{kept.bytes} held for {kept.what}" for kept in held]
+        if booked:
+            said.append(f"{self.total(booked)} booked by {said_bookings(booked)}")
+        return HeldOrBooked(sum(kept.bytes for kept in held) + self.total(booked), " and ".join(said))
 
     # -- bookings --------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from edge.gb28181.media import (
     MediaOutcome,
     MediaReceiver,
     MediaTransport,
+    SpaceTaken,
     receiver_keeping_free,
 )
 from edge.gb28181.sessions import EndReason as SessionEnd
@@ -129,12 +130,15 @@ def facts_as_scheduled(outcome: MediaOutcome, call: int, ssrc: int) -> dict[str,
 class HonestDevice:
     """Streams the whole recording over TCP into the receiver the session opened (with the guard) and
     records how each session went. `max_buffered_bytes` 2 x FLUSH_BYTES (the least allowed) makes TCP
-    reading pause past it: the guard's cut lands within a few flushes of its look on a loaded machine."""
+    reading pause past it: the guard's cut lands within a few flushes of its look on a loaded machine.
+    `kept_free`: what the guard keeps beyond RESERVE, as the station passes it (None: the reserve only)."""
 
     def __init__(self, packets: list[bytes], *, ssrc: int, ports: tuple[int, int],
-                 idle_timeout_s: float = 60.0, max_buffered_bytes: int | None = None) -> None:
+                 idle_timeout_s: float = 60.0, max_buffered_bytes: int | None = None,
+                 kept_free: Callable[[], SpaceTaken] | None = None) -> None:
         self.packets, self.ssrc, self.ports = packets, ssrc, ports
         self.idle_timeout_s, self.max_buffered_bytes = idle_timeout_s, max_buffered_bytes
+        self.kept_free = kept_free
         self.received: list[int] = []
         self.written: list[int | None] = []
         self.ended: list[EndReason] = []
@@ -148,7 +152,7 @@ class HonestDevice:
 
     async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
         buffered = {} if self.max_buffered_bytes is None else {"max_buffered_bytes": self.max_buffered_bytes}
-        receiver = await receiver_keeping_free(RESERVE)(
+        receiver = await receiver_keeping_free(RESERVE, kept_free=self.kept_free)(
             MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=self.ports, ssrc=self.ssrc,
             raw_path=raw_path, idle_timeout_s=self.idle_timeout_s, max_bytes=1 << 30, expected_peer_host=None,
             max_media_span_s=None, time_limit_s=None, progress_window_s=None, min_progress_s=None,

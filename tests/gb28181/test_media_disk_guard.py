@@ -20,6 +20,7 @@ import edge.gb28181.media as media_module
 from drivers.gb28181.ps import Codec
 from edge.durable.files import free_bytes
 from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaReceiver, MediaTransport, receiver_keeping_free
+from edge.ingest.kept_space import HeldOrBooked
 from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
 from tests.prerequisites import require
 
@@ -128,7 +129,8 @@ async def test_a_transfer_into_the_space_the_rooms_hold_stops_and_keeps_what_cam
     Control: the same stream with the reserve alone (1 byte) is received whole (the test above)."""
     ps, packets = stream
     held = free_bytes(tmp_path) + (64 << 20)  # the rooms hold more than is free
-    opener = receiver_keeping_free(1, kept_free=lambda: held)
+    rooms = HeldOrBooked(held, f"{held} held for the rooms recording (1: xw-1)")
+    opener = receiver_keeping_free(1, kept_free=lambda: rooms)
     receiver = await opener(MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
                             raw_path=tmp_path / "rec.ps", idle_timeout_s=2.0, max_bytes=1 << 30,
                             expected_peer_host=None, max_media_span_s=None, time_limit_s=None,
@@ -138,5 +140,6 @@ async def test_a_transfer_into_the_space_the_rooms_hold_stops_and_keeps_what_cam
     outcome = await receiver.wait_closed()
     raw = (tmp_path / "rec.ps").read_bytes()
     assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
-    assert f"the {held} held for the rooms recording" in outcome.detail
+    assert f"the {held} other writers hold or booked ({held} held for the rooms recording (1: xw-1))" \
+        in outcome.detail
     assert 0 < len(raw) == outcome.bytes < len(ps) and ps.startswith(raw)

@@ -536,9 +536,11 @@ class GbDownloads:
         """Raise `StoreBelowReserve` (after one `error` entry, limited like the listing's problems) when the
         spool's disk is below the store's reserve: a download there would only be refused by the copy."""
         # The rooms recording hold space beyond the reserve too (edge.ingest.kept_space): the copy would keep
-        # it, so the download waits for them rather than fill the spool into it (issue 11).
-        held = self.pipeline.kept_space.said_now()
-        reserve = self.pipeline.settings.min_free_bytes + self.pipeline.kept_space.bytes_now()
+        # it, so the download waits for them rather than fill the spool into it (issue 11); and what other
+        # writers booked (a docking copy still writing), which the receiver's guard keeps as well.
+        taken = self.pipeline.kept_space.held_or_booked()
+        held = f" and {taken.said}" if taken.bytes else ""
+        reserve = self.pipeline.settings.min_free_bytes + taken.bytes
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -563,8 +565,10 @@ class GbDownloads:
         if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
             return False
         reserve = self.pipeline.settings.min_free_bytes
-        # With what the rooms recording hold (edge.ingest.kept_space): the copy keeps it too (issue 11).
-        kept, held = self.pipeline.kept_space.bytes_now(), self.pipeline.kept_space.said_now()
+        # With what the rooms recording hold and other writers booked (edge.ingest.kept_space): the receiver's
+        # guard and the copy keep it too (issue 11).
+        taken = self.pipeline.kept_space.held_or_booked()
+        kept, held = taken.bytes, f" and {taken.said}" if taken.bytes else ""
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
         assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
         received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
