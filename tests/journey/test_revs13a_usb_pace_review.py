@@ -68,7 +68,8 @@ def _waited(pause_s: float) -> tuple[float, float]:
 
 def test_files_read_one_after_the_other_are_delivered_no_faster_than_the_pace() -> None:
     waited, least = _waited(STATION_WORK_S)
-    assert waited >= least - 1e-6, f"{FILES} files waited {waited:.3f} s at the pace, the wire needs {least:.3f} s"
+    assert waited >= least - 1e-6, \
+        f"{FILES} files waited {waited:.3f} s at the pace, the wire needs {least:.3f} s"
 
 
 def test_control_files_read_back_to_back_are_paced() -> None:
