@@ -6,8 +6,8 @@
    refused and released, nothing written. The receiver counts every booking, also those made after the
    download began (kept_space's rule that "a later writer, even one refused, never ends it" holds for
    booking writers only): a hostile or broken recorder whose listing claims a file larger than the disk
-   cuts every download in flight when it docks (or re-enumerates), each cut sealing one more partial copy
-   that counts toward no give-up (review 29).
+   has free cuts every download in flight when it docks (or re-enumerates), each cut sealing one more
+   partial copy that counts toward no give-up (review 29).
 2. `[offload] min_free_bytes = 0` had no guard; the station's receiver is now always guarded, with
    ROOM_PER_RECEIVED_BYTE (3) x what came. A small disk with room for the raw PS and its copy into the store
    used to receive the recording whole (the whole raw PS sealed); now the download is cut at a quarter of
@@ -33,8 +33,10 @@ from tests.gb28181.test_review24_disk_full_give_up import RECORDING
 
 SSRC = 1100000713
 PORTS = (39600, 39699)
-HOSTILE = "usb 1-1.4:DCIM/100MEDIA/HUGE.MP4"  # listed at 1 EiB by the recorder's volume
-CLAIMED = 1 << 60
+HOSTILE = "usb 1-1.4:DCIM/100MEDIA/HUGE.MP4"
+# Its size as the recorder's volume lists it: under [offload] max_file_bytes (256 GiB), so the offload
+# offers it and its copy books it; more than this disk has free, so its check refuses it.
+CLAIMED = 255 << 30
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,9 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[bytes]]:
 
 
 class RefusedMeanwhile(ModelDisk):
-    """The disk, and a docking copy of a file listed larger than the whole disk: booked as the download's
-    receiver opens (its coroutine books before its check), refused by its check, which the executor runs
-    with the receiver's first write (the booking released then: nothing of it is ever written)."""
+    """The disk, and a docking copy of a file listed larger than the disk has free: booked as the
+    download's receiver opens (its coroutine books before its check), refused by its check, which the
+    executor runs with the receiver's first write (the booking released then: nothing of it is written)."""
 
     def __init__(self, spool: Path, level: int, kept_space: KeptSpace) -> None:
         super().__init__(spool, level)
