@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edge.demo import recorder_specs
 from simulators.recorder.faultfs import TokenBucket
 from simulators.recorder.volume import mount_volume
@@ -130,3 +132,30 @@ def test_a_paced_demo_without_fuse_fails_at_once_naming_what_is_missing(tmp_path
                              "600 s)") from exc
     assert done.returncode != 0, done.stdout[-2000:]
     assert "fusermount3" in done.stdout + done.stderr
+
+
+USB2_HIGH_SPEED_BYTES_S = 480_000_000 // 8  # a USB 2.0 hub's upstream link, before protocol overhead
+
+
+@pytest.mark.parametrize("bays", [3, 1], ids=["three-bays", "control-one-bay"])
+def test_recorders_behind_one_usb2_hub_together_get_no_more_than_its_link(bays: int) -> None:
+    """The demo plugs its recorders at ports 1-1.1, 1-1.2 ... (edge.demo `bus.plug`): bays behind one hub,
+    whose one 480 Mbit/s upstream link their high-speed traffic shares (about 40 MB/s of mass storage in
+    practice), as in a dock whose bays hang on a hub. Each volume's FUSE process paces alone (one
+    `TokenBucket` each), so 3 bays at --usb-mb-s 35 deliver 105 MB/s together. Model clocks, one a bay."""
+    specs = recorder_specs(bays, 5, 2.0, usb_mb_s=35.0)
+    ports = [f"1-1.{i + 1}" for i in range(len(specs))]  # as edge.demo plugs them
+    assert len({port.rsplit(".", 1)[0] for port in ports}) == 1, "one hub"
+    per_recorder = 20_000_000
+    took = 0.0
+    for spec in specs:  # concurrent bays: each one's FUSE process paces on its own, so each its own clock
+        clock = ModelClock()
+        started = clock.now
+        bucket = TokenBucket(spec.rate_limit_bytes_per_s or 0, clock=clock, sleep=clock.sleep)
+        for _ in range(0, per_recorder, CHUNK):
+            bucket.acquire(CHUNK)
+        took = max(took, clock.now - started)  # the last bay done: all of them read meanwhile
+    total = len(specs) * per_recorder
+    assert took >= total / USB2_HIGH_SPEED_BYTES_S, \
+        f"{total} bytes from {len(specs)} bays behind one USB 2.0 hub in {took:.3f} s: " \
+        f"{total / took / 1e6:.0f} MB/s, more than 480 Mbit/s"
