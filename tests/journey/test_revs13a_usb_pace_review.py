@@ -9,7 +9,8 @@ comes almost free and the demo's offload time, the pipeline bench's figure, is t
 Failing now: a recorder read file after file with the station's work between them is delivered faster than
 its pace, by the bucket alone (a model clock, no wall clock) and through a real FUSE mount made as the demo
 makes it (a lower bound on the time taken: a loaded machine only makes it longer). Control: the same reads
-back to back, no pause between files, are paced."""
+back to back, no pause between files, are paced. Also: bays behind the demo's one hub each get the full
+USB 2.0 rate; a paced demo without FUSE waits 600 s rather than refusing."""
 
 from __future__ import annotations
 
