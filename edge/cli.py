@@ -463,6 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         gb_faults=tuple(args.gb_fault),
         shift=args.shift,
         central_process=args.central_process,
+        own_process=True,
         usb_mb_s=args.usb_mb_s,
     )
     if options.usb_mb_s is not None and (options.room or options.shift or options.source != "usb"):

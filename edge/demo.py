@@ -71,6 +71,7 @@ from edge.custody.problems import Problem
 from edge.ingest.store import open_db
 from edge.mqtt.local_broker import BrokerTls, LocalBroker, free_port
 from edge.observe.live import LiveBays
+from edge.runtime.collector import freeze_start_up_objects
 from edge.station import StationAgent
 from edge.verify.station import VerifyReport, verify_store
 from simulators.dock import DockSimulator
@@ -122,6 +123,7 @@ class DemoOptions:
     segment_s: float = 5.0  # room: segment length
     shift: bool = False  # a shift of issue and return at the desk instead (edge.demo_shift)
     central_process: bool = False  # the central as `edge central run` in its own process, not embedded
+    own_process: bool = False  # the demo is its process (`edge demo`): start-up objects frozen once ready
     # Each docked recorder's reads paced to this many MB/s (10^6 bytes), as recorders on USB 2.0 deliver
     # (30 to 40 MB/s a bay); None: as fast as this machine reads the simulated volumes.
     usb_mb_s: float | None = None
@@ -310,6 +312,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     drained = True
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
+        started_in_own_process(options)
         _print_urls(out, agent)
         async with LiveBays(agent.status, out) as live:
             offload_started = time.monotonic()
@@ -485,6 +488,7 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     progress: dict[str, Any] = {}
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
+        started_in_own_process(options)
         _print_urls(out, agent)
         platform, scheduler = agent.gb28181, agent.gb28181_downloads
         if platform is None or scheduler is None:
@@ -730,6 +734,13 @@ async def verify_demo(loop: asyncio.AbstractEventLoop, config: StationConfig, ce
         central_problems = await loop.run_in_executor(
             None, lambda: verify_central_store(central.store_dir, central_public_key=central_key))
     return DemoVerification(station, central_problems, drained)
+
+
+def started_in_own_process(options: DemoOptions) -> None:
+    """The station is ready: when the demo is its process (`edge demo`), its start-up objects go out of
+    the cyclic collector's reach (:mod:`edge.runtime.collector`); never in a test's process."""
+    if options.own_process:
+        freeze_start_up_objects("demo station")
 
 
 def _print_urls(out: Any, agent: StationAgent) -> None:

@@ -157,6 +157,7 @@ async def run_room_demo(options: DemoOptions, workdir: Path, out: Any, run_dir: 
         _start_central,
         _stop_services,
         demo_config,
+        started_in_own_process,
         verify_demo,
     )
 
@@ -195,6 +196,7 @@ async def run_room_demo(options: DemoOptions, workdir: Path, out: Any, run_dir: 
     errors: list[str] = []
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
+        started_in_own_process(options)
         _print_urls(out, agent)
         platform, rooms = agent.gb28181, agent.rooms
         if platform is None or rooms is None or agent.gb28181_live is None:

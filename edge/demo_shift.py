@@ -282,6 +282,7 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         _start_central,
         _stop_services,
         demo_config,
+        started_in_own_process,
         uplink_summary,
         verify_demo,
     )
@@ -339,6 +340,7 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         runner = asyncio.create_task(agent.run(stop))
         try:
             await asyncio.wait_for(agent.ready.wait(), 30)
+            started_in_own_process(options)
             _print_urls(out, agent)
             ledger = _Ledger(agent)
             try:

@@ -69,6 +69,7 @@ from edge.pki.names import IdentityError
 from edge.rooms.hardware import RoomHardware
 from edge.rooms.service import RoomService
 from edge.runtime.clock import station_clock_trust
+from edge.runtime.collector import freeze_start_up_objects
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
@@ -1363,12 +1364,14 @@ async def run_station(config: StationConfig, config_path: Path | None = None) ->
     nls = await asyncio.to_thread(nls_problem, config.usb.vfat_codepage)
     if nls is not None:
         log.warning("%s", nls)
+    started = asyncio.create_task(_freeze_when_started(agent), name="collector-freeze")
     try:
         await agent.run(stop, notifier=notifier)
     except SupervisorGaveUp as exc:
         log.error("%s; exiting so that systemd restarts the station", exc)
         return 1
     finally:
+        started.cancel()
         if reloads is not None:
             loop.remove_signal_handler(signal.SIGHUP)
             reloads.cancel()
@@ -1376,6 +1379,13 @@ async def run_station(config: StationConfig, config_path: Path | None = None) ->
         notifier.stopping()
     log.info("station %s stopped", config.station.id)
     return 0
+
+
+async def _freeze_when_started(agent: StationAgent) -> None:
+    """The agent's start-up objects out of the cyclic collector's reach once it is ready
+    (:mod:`edge.runtime.collector`: this is the process's own entry point, `edge run`)."""
+    await agent.ready.wait()
+    freeze_start_up_objects("station agent")
 
 
 async def _serve_reloads(reloader: ConfigReloader, agent: StationAgent) -> None:

@@ -39,6 +39,7 @@ from edge.central.limits import HttpBounds
 from edge.central.storage import CentralDatabase
 from edge.custody.keys import StationKey
 from edge.durable.lock import StoreLock
+from edge.runtime.collector import freeze_start_up_objects
 from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = ["RunningCentral", "run_central", "start_central"]
@@ -273,6 +274,8 @@ async def _serve(config: CentralConfig) -> int:
         except OSError as exc:
             log.error("central cannot listen on %s:%d: %s", config.server.listen, config.server.port, exc)
             return 1
+        # `edge central run`'s own process: its start-up objects out of the cyclic collector's reach.
+        freeze_start_up_objects("central")
         notifier.ready(f"central {config.central.id} serving on {running.url}")
         watchdog = asyncio.create_task(_watchdog(notifier), name="central-watchdog")
         try:

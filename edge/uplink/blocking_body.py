@@ -162,7 +162,7 @@ class BlockingBodySender:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | bytearray,
+        body: bytes | bytearray | memoryview,
         *,
         timeout_s: float,
         pace: Pace | None = None,
@@ -314,7 +314,7 @@ class _Exchange:
         context: ssl.SSLContext | None,
         method: str,
         head: bytes,
-        body: bytes | bytearray,
+        body: bytes | bytearray | memoryview,
         timeout_s: float,
         pace: Pace | None,
         reused: socket.socket | None,
@@ -363,7 +363,9 @@ class _Exchange:
         try:
             return self._exchange()
         finally:
-            self._body = b""  # the chunk is the caller's again: nothing here keeps it
+            # The chunk's buffer is the caller's again, to reuse (edge.uplink.chunk_buffers): nothing here
+            # keeps a view of it (the body's views in _send_body are released when it returns).
+            self._body = b""
 
     def _exchange(self) -> tuple[TusAnswer, socket.socket | None]:
         try:

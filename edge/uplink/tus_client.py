@@ -33,16 +33,18 @@ How an upload goes (:meth:`TusClient.upload`):
 4. Any connection failure, timeout or transient server error raises :class:`UploadInterrupted`
    carrying the upload URL; the caller retries later (backoff, circuit breaker) and step 1 resumes.
 
-Memory and disk: each chunk is read from disk once into a buffer of its own and hashed in a worker
-thread, then streamed to the socket in pieces from that same buffer: the checksum header must precede
-the body, so the chunk has to be hashed before it is sent, and holding it avoids reading every byte
-twice. The chunk is read and hashed a piece (256 KiB) at a time, each piece hashed right after its
-read while it is still in the CPU's cache (hashing a whole 8 MiB chunk after reading it costs about
-15% more CPU: measured). A fresh buffer per chunk, never written to once read, rather than one reused
-buffer, because the event loop's transport may keep a reference to data it has not written yet and a
-reused buffer would be overwritten under it. While one chunk is on the wire the next is read and
-hashed (one chunk of read-ahead), so disk, hashing and network overlap. Memory per upload is therefore
-about two chunks (2 x 8 MiB by default) whatever the file size.
+Memory and disk: each chunk is read from disk once into a buffer and hashed in a worker thread, then
+streamed to the socket in pieces from that same buffer: the checksum header must precede the body, so
+the chunk has to be hashed before it is sent, and holding it avoids reading every byte twice. The
+chunk is read and hashed a piece (256 KiB) at a time, each piece hashed right after its read while it
+is still in the CPU's cache (hashing a whole 8 MiB chunk after reading it costs about 15% more CPU:
+measured). The buffers come from a small pool of the client's (:mod:`edge.uplink.chunk_buffers`) and
+are reused: a chunk's buffer goes back only once nothing can read it any more (its request returned,
+its read ended; never after a cancellation, and never while any view of it is alive, such as slices
+the event loop's transport has not written yet), so a reused buffer is never overwritten under a send.
+While one chunk is on the wire the next is read and hashed (one chunk of read-ahead), so disk, hashing
+and network overlap. Memory per upload is therefore about two chunks (2 x 8 MiB by default) whatever
+the file size, and the pool keeps at most ``spare_buffers`` more between chunks.
 
 The wire: requests with a chunk's body go over ``bodies`` when given (:mod:`edge.uplink.blocking_body`:
 a blocking socket in a worker thread with the session's own TLS context, 0.3 to 0.9 CPU s per GiB less
@@ -69,7 +71,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -77,6 +79,7 @@ from yarl import URL
 from edge.custody.canonical import parse_json
 from edge.uplink.blocking_body import PIECE_BYTES, BlockingBodySender
 from edge.uplink.central_calls import CENTRAL_REQUEST_ID_HEADER, is_central_error_answer
+from edge.uplink.chunk_buffers import ChunkBuffers
 from edge.uplink.policy import RateLimiter, parse_retry_after
 from edge.uplink.tus_answer import TusAnswer, read_aiohttp_answer
 
@@ -117,6 +120,7 @@ _METADATA_KEY_RE: Final = re.compile(r"[!-+\--~]+")  # printable ASCII without s
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 # What a broken, slow or garbled exchange raises, on either connection: an interruption.
 _WIRE_ERRORS: Final = (aiohttp.ClientError, OSError, TimeoutError, http.client.HTTPException)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ class UploadResult:
 @dataclass(frozen=True, slots=True)
 class _Chunk:
     offset: int
-    data: bytes | bytearray  # a fresh buffer per chunk, never written to once read
+    data: memoryview  # exactly the chunk's bytes, in a pooled buffer (edge.uplink.chunk_buffers)
     checksum_header: str | None
     # sha256-prefix: the hasher after this chunk (the next chunk's start), and its hex digest.
     prefix_after: Any = None
@@ -292,12 +296,17 @@ def _upload_id(url: str) -> str:
     return URL(url).name[-40:] or url[-40:]
 
 
-def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None, prefix_before: Any) -> _Chunk:
-    """Read ``size`` bytes at ``offset`` and hash them (runs in a worker thread; hashlib and os.pread
-    release the GIL). The file is opened per chunk so an abandoned read-ahead never races a close.
-    ``prefix_before``: for sha256-prefix, the hasher over bytes 0..offset (None: hashed here first)."""
-    data = bytearray(size)  # zero pages from the kernel, not written twice
-    view = memoryview(data)
+def _read_chunk(
+    path: Path, offset: int, size: int, algorithm: str | None, prefix_before: Any, into: memoryview
+) -> _Chunk:
+    """Read ``size`` bytes at ``offset`` into ``into`` (a view of exactly ``size`` bytes) and hash them
+    (runs in a worker thread; hashlib and os.preadv release the GIL). Every byte of ``into`` is
+    overwritten or the read fails: a reused buffer carries nothing of an earlier chunk. The file is
+    opened per chunk so an abandoned read-ahead never races a close. ``prefix_before``: for
+    sha256-prefix, the hasher over bytes 0..offset (None: hashed here first)."""
+    if len(into) != size:
+        raise ValueError(f"a buffer of {len(into)} bytes for a chunk of {size}")
+    view = into[:]  # released below: the chunk's own view stays usable
     hasher: Any = None
     got = 0
     try:
@@ -326,11 +335,11 @@ def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None, prefi
     if algorithm == PREFIX_SHA256:
         prefix = hasher.digest()
         prefix_header = f"{algorithm} {base64.b64encode(prefix).decode('ascii')}"
-        return _Chunk(offset, data, prefix_header, prefix_after=hasher, prefix_sha256=prefix.hex())
+        return _Chunk(offset, into, prefix_header, prefix_after=hasher, prefix_sha256=prefix.hex())
     header = None
     if hasher is not None:
         header = f"{algorithm} {base64.b64encode(hasher.digest()).decode('ascii')}"
-    return _Chunk(offset=offset, data=data, checksum_header=header)
+    return _Chunk(offset=offset, data=into, checksum_header=header)
 
 
 def _hash_before(path: Path, fd: int, offset: int) -> Any:
@@ -362,6 +371,8 @@ class TusClient:
     ``bodies``: requests carrying a chunk (PATCH, creation-with-upload POST) go over its blocking
     connections in worker threads (:mod:`edge.uplink.blocking_body`: the same TLS context as the
     session, a third of the CPU per byte); without it, and for every other request, the session.
+    ``spare_buffers``: chunk buffers kept for reuse between chunks (:mod:`edge.uplink.chunk_buffers`;
+    two per upload in flight reuse them all).
     """
 
     def __init__(
@@ -378,6 +389,7 @@ class TusClient:
         checksum_attempts: int = 3,
         max_conflicts: int = 3,
         bodies: BlockingBodySender | None = None,
+        spare_buffers: int = 2,
     ) -> None:
         base = URL(base_url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -399,6 +411,8 @@ class TusClient:
         self._base = base
         self.base_url = str(base)
         self.chunk_size_bytes = chunk_size_bytes
+        # Chunk buffers reused by every upload of this client: no zero-filled 8 MiB allocation per chunk.
+        self.buffers = ChunkBuffers(chunk_size_bytes, max_idle=spare_buffers)
         self.checksum = checksum
         self._limiter = limiter
         self._timeout_s = float(request_timeout_s)
@@ -489,9 +503,13 @@ class TusClient:
             return min(self.chunk_size_bytes, length - offset)
 
         def read(offset: int) -> asyncio.Future[_Chunk]:
-            return loop.run_in_executor(
-                None, _read_chunk, path, offset, size_at(offset), self.checksum, prefix_at.get(offset)
+            size = size_at(offset)
+            into = self.buffers.take(size)
+            future = loop.run_in_executor(
+                None, _read_chunk, path, offset, size, self.checksum, prefix_at.get(offset), into
             )
+            future.add_done_callback(lambda done: _read_ended(self.buffers, into, done))
+            return future
 
         async def take(offset: int) -> _Chunk:
             nonlocal read_ahead
@@ -503,7 +521,7 @@ class TusClient:
                 elif ahead_offset != offset + size_at(offset):
                     # The server's offset moved elsewhere (partial PATCH, 409, new upload): stale.
                     read_ahead = None
-                    ahead.add_done_callback(_retrieve)
+                    ahead.add_done_callback(lambda done: _abandoned(self.buffers, done))
             try:
                 chunk = await (future if future is not None else read(offset))
             except LocalFileError as exc:
@@ -517,6 +535,7 @@ class TusClient:
             found = chunk.prefix_sha256
             if end == length and expected_sha256 is not None and found not in (None, expected_sha256):
                 assert found is not None
+                self.buffers.give_back(chunk.data)
                 raise ContentMismatch(
                     f"{path.name}: the stored copy gives SHA-256 {found}, expected {expected_sha256}; "
                     "its last chunk was not sent",
@@ -561,7 +580,7 @@ class TusClient:
             while offset < length:
                 chunk = await take(offset)
                 read_next(chunk)
-                status, new_offset = await self._patch(url, chunk, length, sent)
+                status, new_offset = await self._sending(chunk, self._patch(url, chunk, length, sent))
                 if status == 204:
                     assert new_offset is not None
                     offset = confirmed = known_offset = new_offset
@@ -669,7 +688,7 @@ class TusClient:
             raise
         finally:
             if read_ahead is not None:
-                read_ahead[2].add_done_callback(_retrieve)
+                read_ahead[2].add_done_callback(lambda done: _abandoned(self.buffers, done))
 
         log.info(
             "upload %s complete: %d bytes (%d sent by this call, resumed from %d)",
@@ -692,6 +711,21 @@ class TusClient:
         know the algorithm (any other refusal of the header would name what else is wrong with it)."""
         said = f"{exc.detail or ''} {exc.body}"
         return self.checksum == PREFIX_SHA256 and exc.status == 400 and "Upload-Checksum" in said
+
+    async def _sending(self, chunk: _Chunk, request: Awaitable[_T]) -> _T:
+        """Await the request that sends ``chunk``, then give its buffer back for the next chunk: the
+        request has returned or failed, so its worker thread is done with it (blocking_body waits for
+        it). Not after a cancellation: a second one does not wait for the thread, which may still be
+        sending from the buffer; it is then left to the garbage collector."""
+        try:
+            outcome = await request
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.buffers.give_back(chunk.data)
+            raise
+        self.buffers.give_back(chunk.data)
+        return outcome
 
     async def _terminate_quietly(self, url: str) -> None:
         with contextlib.suppress(UplinkError):
@@ -815,7 +849,8 @@ class TusClient:
         first = None
         if self.creation_with_upload and length > 0:
             first = await take(0)
-        url, offset = await self._create(length, encoded_metadata, first, sent)
+        creating = self._create(length, encoded_metadata, first, sent)
+        url, offset = await (self._sending(first, creating) if first is not None else creating)
         log.info(
             "upload %s created for %s: %d bytes, server at %d", _upload_id(url), path.name, length, offset
         )
@@ -903,7 +938,12 @@ class TusClient:
         return 204, new_offset
 
     async def _exchange(
-        self, method: str, url: str, headers: Mapping[str, str], data: bytes | bytearray | None, sent: _Sent
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | bytearray | memoryview | None,
+        sent: _Sent,
     ) -> TusAnswer:
         """One request and its answer (status, headers, a bounded prefix of the body). A body goes over
         the blocking connections when there are some, else through the session in rate-limited pieces.
@@ -931,7 +971,7 @@ class TusClient:
                 return await read_aiohttp_answer(resp)
 
     async def _body(
-        self, data: bytes | bytearray, sent: _Sent, deadline: asyncio.Timeout
+        self, data: bytes | bytearray | memoryview, sent: _Sent, deadline: asyncio.Timeout
     ) -> AsyncIterator[memoryview]:
         """Stream ``data`` in pieces: rate-limited, and with a stall deadline moved on after each piece
         the transport accepted (aiohttp drains between pieces), so a body that stops moving fails."""
@@ -1015,7 +1055,16 @@ class TusClient:
         return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal, from_central
 
 
-def _retrieve(fut: asyncio.Future[_Chunk]) -> None:
-    """Consume the outcome of an abandoned read-ahead so nothing is reported as never retrieved."""
-    if not fut.cancelled():
-        fut.exception()
+def _read_ended(buffers: ChunkBuffers, into: memoryview, read: asyncio.Future[_Chunk]) -> None:
+    """A chunk's read is over. A failed read's buffer goes back (its worker thread returned); a
+    cancelled one's does not (the thread may still be writing into it); a chunk read whole owns its
+    buffer until it is sent or abandoned."""
+    if not read.cancelled() and read.exception() is not None:
+        buffers.give_back(into)
+
+
+def _abandoned(buffers: ChunkBuffers, read: asyncio.Future[_Chunk]) -> None:
+    """A read-ahead nobody will send: its outcome consumed (nothing reported as never retrieved) and,
+    once read, its buffer given back."""
+    if not read.cancelled() and read.exception() is None:
+        buffers.give_back(read.result().data)

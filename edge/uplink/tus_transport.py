@@ -97,6 +97,8 @@ class TusTransport:
                 request_timeout_s=self.uplink.request_timeout_s,
                 headers=headers,
                 bodies=bodies,
+                # A chunk on the wire and one read ahead per upload in flight, all reused.
+                spare_buffers=2 * self.uplink.concurrency,
             )
             api = CentralApi(
                 session,
