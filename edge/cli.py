@@ -470,6 +470,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("error: --usb-mb-s paces the recorders docked over USB: it cannot go with --room, --shift or "
               "--source gb28181", file=sys.stderr)
         return ExitCode.USAGE
+    if options.usb_mb_s is not None:
+        from simulators.recorder.volume import VolumeMountError, check_fuse_available
+
+        try:  # else every recorder's mount fails and the demo waits for an offload that never comes
+            check_fuse_available()
+        except VolumeMountError as exc:
+            print(f"error: --usb-mb-s reads each recorder through a FUSE volume: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
     if options.shift and (options.room or options.source != "usb" or not options.central):
         print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
               "go with --room, --source gb28181 or --no-central", file=sys.stderr)

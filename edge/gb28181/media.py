@@ -72,9 +72,11 @@ raw PS runs low (`disk-full`, with `min_free_bytes`: after each write, the disk'
 `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received, so what came can still be copied
 into the store and converted there without eating into the store's reserve; review 22; plus `kept_free()`,
 read as each write is handed to the worker, before the worker reads the free space: what other writers hold
-beyond that reserve, the rooms recording, issue 11, and what other writers that can wait booked and have
-still to write, a docking copy, a disc export, another download's copy into the store, so the download does
-not take the bytes their own checks counted on; the guard is on with either; a write refused for
+beyond that reserve, the rooms recording, issue 11, and what other writers that can wait booked, passed
+their own check for (a booking still to be judged may be refused: review revs13a) and have still to write, a
+docking copy, a disc export, another download's copy into the store, so the download does not take the bytes
+their own checks counted on; the guard is on with either; with `min_free_bytes` 0 it keeps no
+`ROOM_PER_RECEIVED_BYTE` rule, only what `kept_free()` says (`room_per_received_byte`); a write refused for
 a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26, also the write in flight as the session ends;
 the outcome's `write_refused` names the errno and `write_refused_free_bytes` what statvfs showed just after,
 in the worker call that was refused, which tells a quota from a full disk: review 29; an fsync refused for
@@ -170,6 +172,13 @@ PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outa
 # (one), converts it to an MP4 in the spool (about one more) and copies that (one more) before the spool
 # files go.
 ROOM_PER_RECEIVED_BYTE = 3
+
+
+def room_per_received_byte(min_free_bytes: int) -> int:
+    """Free space the guard keeps per byte received: `ROOM_PER_RECEIVED_BYTE` with a reserve, none without
+    one (`[offload] min_free_bytes = 0`: a station keeping no reserve receives what its disk holds, as before
+    the guard counted other writers' bytes; review revs13a)."""
+    return ROOM_PER_RECEIVED_BYTE if min_free_bytes else 0
 # The most of one recording a download takes by default (`max_bytes`: [gb28181.download] max_recording_mb).
 DEFAULT_MAX_RECORDING_BYTES = 8 * 1024 * 1024 * 1024
 
@@ -1160,15 +1169,16 @@ class MediaReceiver:
         received = self._counters.bytes
         taken = self._taken_at_flush
         kept = 0 if taken is None else taken.bytes
-        needed = self._min_free_bytes + kept + ROOM_PER_RECEIVED_BYTE * received
+        per_byte = room_per_received_byte(self._min_free_bytes)
+        needed = self._min_free_bytes + kept + per_byte * received
         if self._guarded and self._ended is None and flight.result() < needed:
             # Stopped here, not at a full disk: what came can still be sealed (the rest of the stream is
             # not taken: `_finish` writes only what was already buffered).
             held = f" and the {kept} other writers hold or booked ({taken.said})" if taken and kept else ""
+            room = f" plus {per_byte} x what came (room to seal it)" if per_byte else ""
             self._end(EndReason.DISK_FULL,
                       f"the disk of the raw PS has {flight.result()} bytes free after {received} bytes "
-                      f"received: under the {self._min_free_bytes} kept free{held} plus "
-                      f"{ROOM_PER_RECEIVED_BYTE} x what came (room to seal it)")
+                      f"received: under the {self._min_free_bytes} kept free{held}{room}")
             return
         if self._paused and len(self._pending) < self._max_buffered // 2 and self._ended is None:
             self._paused = False

@@ -27,9 +27,15 @@ still queued gives it up at once (the work, should it start, writes nothing), an
 work runs leaves it to the worker (the bytes are still being written), which stops at its next chunk.
 
 A writer that can wait and books nothing, because it measures the disk after each write instead (a GB/T
-28181 download's media receiver: edge.gb28181.media), keeps free what the groups hold and every booking
-(:meth:`KeptSpace.held_or_booked`): the bookings are all other writers', since a download's own copy into
-the store books only once its receiver has closed (edge.sources.gb28181.recordings `ingest_download`).
+28181 download's media receiver: edge.gb28181.media), keeps free what the groups hold and every admitted
+booking (:meth:`KeptSpace.held_or_booked`): the bookings are all other writers', since a download's own copy
+into the store books only once its receiver has closed (edge.sources.gb28181.recordings `ingest_download`).
+A booking is admitted (:meth:`KeptSpace.admit`) once its writer's check has passed: one its check has still
+to judge may be refused (a docking copy books the size the recorder lists, up to [offload] max_file_bytes,
+and its check runs when the executor gets to it), and a hostile recorder listing a file larger than the disk
+would otherwise cut every download in flight at each docking (review revs13a). The checks between booking
+writers count every booking before their own, admitted or not, as above: a booking about to be refused costs
+another booking writer at most a wait, never a cut.
 
 This module knows no group: edge.rooms registers its rule (edge.rooms.space.rooms_kept_free), so edge.ingest
 never imports edge.rooms. Copies run in worker threads: its state is behind a lock, held for no I/O.
@@ -86,12 +92,13 @@ class Booking:
     what: str  # printable: the device and file shown, the session
     remaining: int
     order: int  # when it was booked: a check counts only the bookings made before its own
+    admitted: bool = False  # its writer's check passed: counted by writers that book nothing
 
 
 @dataclass(frozen=True)
 class HeldOrBooked:
-    """What the groups hold and the bookings have still to write, together: what a writer that books
-    nothing keeps free beyond the store's reserve (edge.gb28181.media's receiver guard reads it)."""
+    """What the groups hold and the admitted bookings have still to write, together: what a writer that
+    books nothing keeps free beyond the store's reserve (edge.gb28181.media's receiver guard reads it)."""
 
     bytes: int
     # For a refusal: "5 held for the rooms recording (...) and 7 booked by 1 copy(s) in progress (...)";
@@ -203,9 +210,10 @@ class KeptSpace:
         return [rule(members) for rule, members in held]
 
     def held_or_booked(self) -> HeldOrBooked:
-        """What the groups hold now and every booking's bytes still to write (read before the free space it
-        is set against, as a booking's check does). From any thread."""
-        booked = [b for b in self.booked() if b.remaining]
+        """What the groups hold now and every admitted booking's bytes still to write (read before the free
+        space it is set against, as a booking's check does; a booking its check has still to judge is not
+        counted: it may be refused). From any thread."""
+        booked = [b for b in self.booked() if b.remaining and b.admitted]
         held = [kept for kept in self.now() if kept.bytes]
         said = [f"{kept.bytes} held for {kept.what}" for kept in held]
         if booked:
@@ -243,6 +251,12 @@ class KeptSpace:
         finally:
             shared.owner_done()
 
+    def admit(self, booking: Booking) -> None:
+        """`booking`'s writer passed its check: its bytes count for writers that book nothing from now on
+        (:meth:`held_or_booked`). Once is enough; again is harmless."""
+        with self._lock:
+            booking.admitted = True
+
     def release(self, booking: Booking) -> None:
         with self._lock:
             if booking in self._bookings:
@@ -261,7 +275,7 @@ class KeptSpace:
     def booked(self) -> list[Booking]:
         """Every booking now (copies of them: a snapshot). Read before the free space it is set against."""
         with self._lock:
-            return [Booking(b.kind, b.what, b.remaining, b.order) for b in self._bookings]
+            return [Booking(b.kind, b.what, b.remaining, b.order, b.admitted) for b in self._bookings]
 
     def booked_before(self, own: Booking) -> list[Booking]:
         """The bookings made before `own` (a snapshot): what `own`'s check counts as taken."""

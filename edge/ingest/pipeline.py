@@ -719,6 +719,8 @@ class _Run:
                     f"copied later, {waits}",
                     kept,
                 )
+            if booking is not None:  # passed: a download's receiver keeps its bytes free from now on
+                kept_space.admit(booking)
             reader = w.offered.open()
             try:
                 copied = copy_and_hash(

@@ -112,6 +112,7 @@ class DocumentSpace:
         kept_bytes = sum(k.bytes for k in kept)
         available = free_bytes(path)
         if available - KeptSpace.total(others) - needed >= self.reserve + kept_bytes:
+            self.kept_space.admit(self.booking)  # passed: a download's receiver keeps its bytes free now
             return
         mib = 1 << 20
         held = "".join(f" and {k.bytes / mib:.1f} MiB for {k.what}" for k in kept)

@@ -410,6 +410,7 @@ async def export_session(
                                  [b.remaining for b in others], reserve_what)
         if too_big is not None:
             await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
+        pipeline.kept_space.admit(booking)  # passed: a download's receiver keeps its bytes free from now on
         return await _stage_and_write(pipeline, session, booking, needed, work_free, entries, wanted,
                                       products, case_number=case_number, station_id=station_id, by=by,
                                       work_dir=work_dir, xorriso=xorriso)

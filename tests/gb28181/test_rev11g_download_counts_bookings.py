@@ -56,6 +56,7 @@ class DockingMeanwhile(HonestDevice):
 
     def session_started(self) -> None:
         self.booking = self.kept_space.book(COPY_BOOKING, DOCKED, self.booked)
+        self.kept_space.admit(self.booking)  # a copy that passed its check (see the module docstring)
         if self.released_before_media:
             self.session_ended()
 
@@ -139,7 +140,8 @@ async def test_a_retry_waits_while_a_copy_is_booked_and_names_it(
         await downloads.download([RECORDING])
         assert device.ended == [EndReason.DISK_FULL]
         device.booked = 0  # no copy books as the retry starts
-        with kept_space.booking_for(COPY_BOOKING, DOCKED, 2 * size):
+        with kept_space.booking_for(COPY_BOOKING, DOCKED, 2 * size) as booking:
+            kept_space.admit(booking)
             report = await downloads.download([RECORDING])
         assert report.waiting_for_room == [RECORDING] and device.ended == [EndReason.DISK_FULL]
         [tight] = [e for e in _errors(downloads, "store")
@@ -204,7 +206,8 @@ async def test_the_station_s_receiver_counts_the_bookings(
         assert open_receiver is not None
         with _spool_dir() as spool, contextlib.ExitStack() as held:
             if booked:
-                held.enter_context(agent.pipeline.kept_space.booking_for(COPY_BOOKING, DOCKED, 1 << 60))
+                kept_space = agent.pipeline.kept_space
+                kept_space.admit(held.enter_context(kept_space.booking_for(COPY_BOOKING, DOCKED, 1 << 60)))
             receiver = await open_receiver(
                 MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
                 raw_path=spool / "rec.ps", idle_timeout_s=30.0, max_bytes=1 << 40, expected_peer_host=None,

@@ -89,6 +89,7 @@ from edge.gb28181.media import (
     ROOM_PER_RECEIVED_BYTE,
     EndReason,
     MediaOutcome,
+    room_per_received_byte,
     shows_room,
 )
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
@@ -150,8 +151,14 @@ STORE_TIGHT_PROBLEM = "store-tight"
 # Room assumed for a recording the station's disk guard cut short when its device listed no FileSize.
 UNLISTED_SIZE_MARGIN_BYTES = 256 * 1024 * 1024
 # Free space a download needs per byte of the recording: the raw PS itself, and the receiver's guard
-# (edge.gb28181.media `_flushed`), which measures after writing it, keeps ROOM_PER_RECEIVED_BYTE more.
+# (edge.gb28181.media `_flushed`), which measures after writing it, keeps ROOM_PER_RECEIVED_BYTE more
+# (none with [offload] min_free_bytes = 0: `room_per_byte_downloaded`).
 ROOM_PER_BYTE_DOWNLOADED = ROOM_PER_RECEIVED_BYTE + 1
+
+
+def room_per_byte_downloaded(min_free_bytes: int) -> int:
+    """The raw PS itself and what the receiver's guard keeps per byte (edge.gb28181.media)."""
+    return 1 + room_per_received_byte(min_free_bytes)
 # How the give-up names why downloads were cut short (`interrupted`, as sealed).
 INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
                     INTERRUPTED_STATION_STOPPED: "the station stopping",
@@ -556,9 +563,10 @@ class GbDownloads:
         left for a later pass because the spool's disk is still too tight for it: below the store's reserve
         plus `ROOM_PER_BYTE_DOWNLOADED` times the recording's size as known (the raw PS itself, then the
         receiver's guard, which measures after writing it, keeps `ROOM_PER_RECEIVED_BYTE` times it: review
-        28). That size is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`) and
-        one byte more than its largest disk-full copy received (the manifest's `bytes`): the guard cut that
-        copy there, so the recording is larger, whatever the device listed (a FileSize in KiB, stale, or
+        28; with no reserve the guard keeps no such room, and the raw PS alone is asked for: review
+        revs13a). That size is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`)
+        and one byte more than its largest disk-full copy received (the manifest's `bytes`): the guard cut
+        that copy there, so the recording is larger, whatever the device listed (a FileSize in KiB, stale, or
         false: review 26); and at most `max_recording_bytes`, the most the receiver takes (review 28).
         Each try with less room would end the same way and seal one more partial copy into the tight store
         (review 24). One `error` entry, limited like the listing's problems."""
@@ -578,7 +586,8 @@ class GbDownloads:
         # any try, whatever the device listed (a FileSize of 2**64 - 1 would be no room ever: review 28).
         capped = size > self.max_recording_bytes
         size = min(size, self.max_recording_bytes)
-        needed = reserve + kept + ROOM_PER_BYTE_DOWNLOADED * size
+        per_byte = room_per_byte_downloaded(reserve)
+        needed = reserve + kept + per_byte * size
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -597,11 +606,12 @@ class GbDownloads:
             if capped:
                 sized = (f"{size} bytes, the most the station takes of one recording ([gb28181.download] "
                          "max_recording_mb; the size known of it is larger)")
+            sealing = " and the receiver's room to seal it" if per_byte > 1 else ""
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
                       f"download needs (the store's reserve of {reserve}{held} plus "
-                      f"{ROOM_PER_BYTE_DOWNLOADED} times {sized}: the raw PS itself and the receiver's room "
-                      "to seal it): not downloaded until there is room, never given up for waiting")
+                      f"{per_byte} times {sized}: the raw PS itself{sealing}): not downloaded until there "
+                      "is room, never given up for waiting")
             data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
                     "channel_id": display_text(ref.channel_id, 64), "original": shown,
                     "recording": ref.described(), "reason": reason, **extra}
