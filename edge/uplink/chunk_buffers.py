@@ -17,23 +17,33 @@ still seen by someone and is dropped rather than reused (garbage-collected once 
 Every view handed out covers exactly the chunk's bytes, and the chunk's reader fills all of them or
 fails: a short last chunk never carries the tail of an earlier, longer one.
 
-Memory: at most ``max_idle`` buffers wait in the pool; the ones in use are bounded by the uploads in
-flight (a chunk on the wire and one read ahead each). Used from the event loop only.
+Memory: at most ``max_idle`` buffers wait in the pool, and only while uploads come (:meth:`ChunkBuffers.
+in_use`): once none has run for ``keep_idle_s`` (30 s) the idle ones are let go, so a station with nothing to
+send holds no chunk buffers (review revs13b: 2 x concurrency x chunk_mb MiB otherwise stayed resident for the
+life of the uplink), while files sent one after another still reuse them. The ones in use are bounded by
+the uploads in flight (a chunk on the wire and one read ahead each). Used from the event loop only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 __all__ = ["ChunkBuffers"]
 
 log = logging.getLogger(__name__)
 
+# How long idle buffers are kept once no upload runs: the next file of a queue being drained starts well
+# within it; a station with nothing more to send lets them go.
+KEEP_IDLE_S = 30.0
+
 
 class ChunkBuffers:
     """Buffers of ``buffer_bytes`` (the chunk size), at most ``max_idle`` of them kept between chunks."""
 
-    def __init__(self, buffer_bytes: int, *, max_idle: int) -> None:
+    def __init__(self, buffer_bytes: int, *, max_idle: int, keep_idle_s: float = KEEP_IDLE_S) -> None:
         if buffer_bytes < 1:
             raise ValueError(f"buffer_bytes must be >= 1, got {buffer_bytes!r}")
         if max_idle < 0:
@@ -41,6 +51,9 @@ class ChunkBuffers:
         self.buffer_bytes = buffer_bytes
         self.max_idle = max_idle
         self._idle: list[bytearray] = []
+        self.keep_idle_s = keep_idle_s
+        self._users = 0  # uploads running (in_use)
+        self._release: asyncio.TimerHandle | None = None  # lets the idle ones go once none has run a while
         self.made = 0
         """Buffers allocated so far (reuse shows as fewer buffers than chunks)."""
         self.dropped_in_use = 0
@@ -52,6 +65,27 @@ class ChunkBuffers:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """While an upload runs. When the last running one ends, the idle buffers are let go after
+        ``keep_idle_s`` unless another upload starts first."""
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._release = asyncio.get_running_loop().call_later(self.keep_idle_s, self.let_go)
+
+    def let_go(self) -> None:
+        """Drop the idle buffers (none is in use: nothing holds a view of them)."""
+        self._release = None
+        if self._users == 0:
+            self._idle.clear()
 
     def take(self, size: int) -> memoryview:
         """A view of exactly ``size`` bytes (<= ``buffer_bytes``) of a buffer no one else uses. Its

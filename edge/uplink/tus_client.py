@@ -477,8 +477,24 @@ class TusClient:
         caller can persist the URL and resume it after a crash. ``expected_sha256`` (hex; with the
         sha256-prefix checksum): the content's SHA-256, checked before the last chunk is sent
         (:class:`ContentMismatch`). Raises an :class:`UplinkError`; every one carries ``.url`` when an
-        upload exists.
+        upload exists. Chunk buffers are kept for reuse while uploads run, let go once none does.
         """
+        with self.buffers.in_use():
+            return await self._upload(url, path, length, metadata, progress=progress, on_created=on_created,
+                                      expected_sha256=expected_sha256)
+
+    async def _upload(
+        self,
+        url: str | None,
+        path: Path,
+        length: int,
+        metadata: Mapping[str, str],
+        *,
+        progress: Callable[[int], None] | None,
+        on_created: Callable[[str], None] | None,
+        expected_sha256: str | None,
+    ) -> UploadResult:
+        """:meth:`upload`, with its buffers' pool in use."""
         if length < 0:
             raise ValueError(f"upload length must be >= 0, got {length!r}")
         encoded_metadata = encode_metadata(metadata)

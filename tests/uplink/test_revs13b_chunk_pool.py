@@ -65,7 +65,15 @@ async def test_an_uplink_with_nothing_to_send_keeps_no_chunk_buffers(
     """LOW. Two uploads (concurrency 2, the default), then nothing in flight: the link stays connected
     (UplinkService.run holds it for the life of the process), and so do the pool's buffers."""
     client = station_client(session, central.origin, bodies, concurrency_at_connect=2)
+    client.buffers.keep_idle_s = 0.3  # the fix (fixs13b): idle buffers are let go once none runs a while
     await upload_at_once(client, tmp_path, store, files=2, chunks_each=6)
+    # Kept at first, so the next file of a queue reuses them ...
+    assert client.buffers.idle > 0
+    # ... and let go once nothing more comes.
+    for _ in range(100):
+        if client.buffers.idle == 0:
+            break
+        await asyncio.sleep(0.1)
     held = client.buffers.idle * client.buffers.buffer_bytes
     assert held == 0, (
         f"{client.buffers.idle} chunk buffers ({held} bytes; {client.buffers.idle} x chunk_mb MiB on a "
@@ -82,3 +90,16 @@ async def test_control_a_pool_keeping_nothing_holds_nothing_once_uploads_end(
     await upload_at_once(client, tmp_path, store, files=2, chunks_each=6)
     assert client.buffers.idle * client.buffers.buffer_bytes == 0
 
+
+async def test_an_upload_starting_within_the_window_reuses_the_kept_buffers(
+    tmp_path: Path, central: Served, store: TusUploadStore, session: aiohttp.ClientSession,  # noqa: F811
+    bodies: BlockingBodySender,
+) -> None:
+    """The window's other side: an upload that starts before the idle buffers are let go makes none."""
+    client = station_client(session, central.origin, bodies, concurrency_at_connect=2)
+    client.buffers.keep_idle_s = 60.0
+    await upload_at_once(client, tmp_path, store, files=2, chunks_each=6)
+    made = client.buffers.made
+    (tmp_path / "again").mkdir()
+    await upload_at_once(client, tmp_path / "again", store, files=2, chunks_each=6)
+    assert client.buffers.made == made
