@@ -81,6 +81,7 @@ from edge.central.tus_store import (
     InsufficientStorageError,
     OffsetMismatchError,
     QuotaExceededError,
+    TusStoreError,
     UploadBusyError,
     UploadExpiredError,
     UploadInfo,
@@ -298,35 +299,74 @@ async def _outcome(future: asyncio.Future[_T]) -> _T:
 
 
 class _WriteBehind:
-    """Blocks of one request body written (and hashed) in a worker thread while the loop reads the next:
-    at most one call in flight, so one thread at a time touches the upload. :meth:`submit` waits for the
-    call before it (raising its error), :meth:`wait` for the one in flight; a cancelled caller still
-    waits for it to end."""
+    """Every call one request makes on its upload (blocks of its body, then its end: finish, keep,
+    discard, close), each in a worker thread while the loop reads on, one at a time: at most one call in
+    flight, so one thread at a time touches the upload. A cancelled caller still waits for the call in
+    flight to end.
+
+    The first call that fails is remembered whatever became of the caller waiting for it (a handler
+    cancelled by a shutdown while it waits still records the block's EIO): from then on :meth:`submit`,
+    :meth:`call` and :meth:`wait` raise that failure and nothing more is written for the request; only
+    :meth:`undo` (discard, close) still runs. So a block read after a failed one never takes its place
+    in the file, and a failed fsync is never followed by a commit."""
 
     def __init__(self) -> None:
-        self._running: asyncio.Future[None] | None = None
+        self._running: asyncio.Future[Any] | None = None
+        self.failure: BaseException | None = None
 
-    async def submit(self, fn: Callable[..., None], *args: object) -> None:
+    async def submit(self, fn: Callable[..., object], *args: object) -> None:
+        """Start ``fn(*args)`` once the call before it ended well (raising its failure, or an earlier one)."""
         await self.wait()
         self._running = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
 
+    async def call(self, fn: Callable[..., _T], *args: object) -> _T:
+        """:meth:`submit`, then ``fn``'s result (raising its failure)."""
+        await self.wait()
+        future: asyncio.Future[_T] = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(fn, *args)
+        )
+        self._running = future
+        await self.wait()
+        return future.result()
+
     async def wait(self) -> None:
+        """Wait for the call in flight; raise the request's failure (this call's or an earlier one's)."""
+        await self._settled()
+        if self.failure is not None:
+            raise self.failure
+
+    async def settle(self) -> bool:
+        """Wait for the call in flight, its failure not raised (the caller is already failing or
+        cancelled); False when any call of the request failed."""
+        await self._settled()
+        return self.failure is None
+
+    async def undo(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` (a discard, a close: nothing new written) after the call in flight ended, whatever
+        failed before."""
+        await self._settled()
+        return await _blocking(fn, *args)
+
+    async def _settled(self) -> None:
         running = self._running
         if running is None:
             return
         try:
-            await _outcome(running)
+            await _outcome(running)  # a cancelled caller still waits for the call to end
+        except Exception:
+            pass  # recorded below
         finally:
             self._running = None
+            self._record(running)
 
-    async def settle(self) -> bool:
-        """:meth:`wait`, its error dropped (the caller is already failing or cancelled); False when the
-        call in flight failed."""
-        try:
-            await self.wait()
-        except Exception:
-            return False
-        return True
+    def _record(self, running: asyncio.Future[Any]) -> None:
+        if self.failure is not None:
+            return
+        if running.cancelled():
+            # Never ran (its executor went away): the next block would land in its place.
+            self.failure = TusStoreError("a write of this request was cancelled before it ran")
+        elif running.done():
+            self.failure = running.exception()
 
 
 def _write_then(
@@ -336,6 +376,16 @@ def _write_then(
     if pieces:
         write.write_pieces(pieces)
     return end()
+
+
+def _body_failure(exc: Exception) -> TusRequestError:
+    """The refusal of a body whose read raised ``exc``: the client's, never the storage's."""
+    if isinstance(exc, ConnectionError):
+        return TusRequestError(400, "client_gone", f"the connection ended during the body: {exc}", close=True)
+    # aiohttp's parser names what was wrong; anything else (ssl.SSLError) is named by its class too.
+    reason = str(exc) if isinstance(exc, HttpProcessingError) else f"{type(exc).__name__}: {exc}"
+    detail = f"the request body ended early: {reason[:200]}"
+    return TusRequestError(400, "body_interrupted", detail, close=True)
 
 
 class _Block:
@@ -571,6 +621,8 @@ class _TusEndpoints:
         two blocks of a request are in memory."""
         block = _Block()
         end = write.offset  # of the bytes received; write.offset moves in the worker
+        # Every write.* call goes through it: after the call in flight, and nothing more written after a
+        # failure (see _WriteBehind).
         behind = _WriteBehind()
         failure: TusRequestError | None = None
         too_long = False
@@ -587,20 +639,17 @@ class _TusEndpoints:
                         close=True,
                     )
                     break
-                except ConnectionError as exc:
-                    failure = TusRequestError(
-                        400, "client_gone", f"the connection ended during the body: {exc}", close=True
-                    )
-                    break
-                except HttpProcessingError as exc:
-                    failure = TusRequestError(
-                        400, "body_interrupted", f"the request body ended early: {exc}", close=True
-                    )
+                except Exception as exc:
+                    # Whatever reading the body raises is the client's doing (a disconnect, broken chunked
+                    # framing, a corrupt TLS record: ssl.SSLError is an OSError but no ConnectionError),
+                    # never a storage failure.
+                    failure = _body_failure(exc)
                     break
                 if not data:
                     break
                 if end + len(data) > write.length:
                     too_long = True
+                    block = _Block()  # decided: nothing of this request is written or kept from now on
                     failure = TusRequestError(
                         413,
                         "too_large",
@@ -615,39 +664,38 @@ class _TusEndpoints:
                     block = _Block()  # the pieces handed over are never touched here again
             await behind.wait()
             if too_long:
-                return await _blocking(write.discard), failure
+                return await behind.undo(write.discard), failure
             # Taken out first: cancelled during the call below, the cancellation must not write them again.
             last, block = block.pieces, _Block()
             if failure is not None:
-                return await _blocking(_write_then, write, last, write.keep), failure
+                return await behind.call(_write_then, write, last, write.keep), failure
             try:
-                return await _blocking(_write_then, write, last, write.finish), None
+                return await behind.call(_write_then, write, last, write.finish), None
             except ChecksumMismatchError as exc:
                 return write.info, TusRequestError(
                     460, "checksum_mismatch", f"{exc}; the chunk was discarded"
                 )
         except asyncio.CancelledError:
-            # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
+            # Server shutdown (or handler cancellation): like a disconnect, keep what arrived, unless a
+            # call failed (the pieces must not take a failed block's place, nor a commit follow a failed
+            # fsync) or the body was too long: then roll back to the last commit.
             with contextlib.suppress(Exception):
-                if await behind.settle():
-                    await _blocking(_write_then, write, block.pieces, write.keep)
+                if await behind.settle() and not too_long:
+                    await behind.call(_write_then, write, block.pieces, write.keep)
                 else:
-                    # The block before these pieces failed: they must not take its place in the file.
-                    await _blocking(write.discard)
+                    await behind.undo(write.discard)
             raise
         except OSError as exc:
+            # Only a worker's call raises here (the body's reads are caught above), and it has ended.
             log.error("upload %s: storage failed: %s", write.upload_id, exc)
             with contextlib.suppress(OSError):
-                await _blocking(write.discard)
+                await behind.undo(write.discard)
             status = 507 if exc.errno == errno.ENOSPC else 500
             return write.info, TusRequestError(
                 status, "storage_failed", f"the server could not store the chunk: {exc.strerror or exc}"
             )
         finally:
-            try:
-                await behind.settle()
-            finally:
-                await _blocking(write.close)
+            await behind.undo(write.close)
 
     async def _begin(self, upload_id: str, offset: int, checksum: ChunkChecksum | None) -> UploadAppend:
         try:

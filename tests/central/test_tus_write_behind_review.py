@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime
 import errno
+import logging
 import os
 import socket
 import ssl
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -63,6 +65,7 @@ class Watch:
         self.discard_gate = threading.Event()
         self.discard_gate.set()
         self.discard_calls = 0
+        self.end_calls = 0  # keep or discard: the handler ended the request's write
 
 
 class HeldWrite:
@@ -90,6 +93,8 @@ class HeldWrite:
                 if watch.fail_held_write:
                     watch.fail_held_write = False
                     raise OSError(errno.EIO, "injected: the disk failed this block")
+            if name in ("keep", "discard"):
+                watch.end_calls += 1
             if name == "discard":
                 watch.discard_calls += 1
                 watch.discarding.set()
@@ -398,12 +403,20 @@ async def _tls_error_mid_body(tmp_path: Path, *, corrupt: bool) -> HeldStore:
     return store
 
 
-async def test_a_corrupt_tls_record_mid_body_leaves_one_call_on_the_upload(tmp_path: Path) -> None:
+async def test_a_corrupt_tls_record_mid_body_leaves_one_call_on_the_upload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """MEDIUM: ssl.SSLError from the body read is caught as a storage failure; its discard runs while the
-    block before is still being written (and the event is logged at ERROR as 'storage failed')."""
+    block before is still being written (and the event is logged at ERROR as 'storage failed').
+
+    Fixed: the TLS error is the client's (400 body_interrupted, a WARNING), and like a disconnect what
+    arrived is kept (keep, not discard) once the block in flight was written."""
+    caplog.set_level(logging.INFO, logger="edge.central")
     store = await _tls_error_mid_body(tmp_path, corrupt=True)
-    assert store.watch.discard_calls >= 1, "control: the TLS error reached the handler"
+    assert store.watch.end_calls >= 1, "control: the TLS error reached the handler (it kept or discarded)"
     assert store.watch.most_at_once == 1, "discard ran in a worker while the block in flight was written"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "logged as a storage failure"
+    assert any("body_interrupted" in r.getMessage() and "SSLError" in r.getMessage() for r in caplog.records)
 
 
 async def test_control_a_tls_client_that_just_disconnects_leaves_one_call(tmp_path: Path) -> None:
