@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.tus import add_tus_routes
 from edge.central.tus_store import ChunkChecksum, TusUploadStore, UploadInfo, UploadWrite
 from tests.central.tus_fixtures import (
@@ -143,7 +144,10 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    store: TusUploadStore, *, ssl_context: ssl.SSLContext | None = None, shutdown_timeout: float = 0.5
+    store: TusUploadStore | SharedTusStore,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = 0.5,
 ) -> AsyncIterator[Served]:
     """The real tus routes on 127.0.0.1 (no handler cancellation: a production receiver's setting); the
     test may shut the runner down itself (cleanup is then not repeated)."""
