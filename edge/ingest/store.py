@@ -6,7 +6,9 @@
       keys/station.key.pub  its public half
       keys/station.key.<keyid>.retired[.pub]   keys rotated out by `edge keys rotate`, kept for good
       state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads,
-                            and what the central witnessed (witnessed heads, its checked tree heads)
+                            and what the central witnessed (witnessed heads, its checked tree heads);
+                            each verified copy's SHA-256 prefix digests for the upload (a cache:
+                            edge.ingest.prefix_digests)
       ledger.reserve        space held back so that a full disk can still be put on the record
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
@@ -49,6 +51,7 @@ from edge.durable.files import (
 from edge.durable.lock import LOCK_FILE_NAME, StoreBusy, StoreLock
 from edge.durable.sqlite import immediate_transaction
 from edge.ingest.events import LedgerEventLog
+from edge.ingest.prefix_digests import SCHEMA as PREFIX_DIGESTS_SCHEMA
 from edge.ingest.station_key import StationKeyProblem, open_station_key
 
 log = logging.getLogger(__name__)
@@ -260,6 +263,7 @@ class StationStore:
             raise StoreError(f"station store {root} cannot be used: {_reason(exc)}") from None
         try:
             self.conn.executescript(SCHEMA)
+            self.conn.executescript(PREFIX_DIGESTS_SCHEMA)
             _migrate_recorder_files(self.conn)
             Ledger.create_schema(self.conn)
             _migrate_session_order(self.conn)

@@ -463,6 +463,9 @@ class UplinkService:
             path=entry.path,
             original_name=entry.original_name,
             resume=entry.upload_url,
+            # The checksums the verification re-read recorded: the copy is not hashed again to send it.
+            prefix_digests=self.spool.prefix_digests(entry),
+            forget_prefix_digests=functools.partial(self.spool.forget_prefix_digests, entry.item),
         )
         # The resume reference is made durable as soon as the transport has one: after a crash or a
         # restart the upload resumes where the central holds it, never from zero.
