@@ -301,7 +301,7 @@ def acquire_into(station_id: str, store_dir: Path, volume: Path, chunk_mb: int =
     if result.outcome is not OffloadOutcome.DONE:
         raise SystemExit(f"set-up offload failed: {result.outcome} {result.errors[:3]}")
     if recorded != len(result.items):
-        raise SystemExit(f"set-up offload recorded prefix digests for {recorded} of {len(result.items)} items")
+        raise SystemExit(f"set-up offload recorded prefix digests of {recorded} of {len(result.items)} items")
 
 
 def uplink_worker(
