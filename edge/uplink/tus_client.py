@@ -662,6 +662,57 @@ class TusClient:
                 )
             return chunk
 
+        async def judge_refused(url: str, start: int, end: int) -> bool:
+            """The central refused the chunk ``start..end`` sent with its recorded digest: hash the copy
+            from byte 0 to see whose fault it is (once per chunk). Returns True when the recorded digest
+            was wrong (hashed from now on); raises ContentMismatch when the copy changed."""
+            nonlocal recorded, read_ahead
+            digest = recorded.at(end) if recorded is not None else None
+            if digest is None or end in vouched:
+                return False
+            assert recorded is not None
+            check = await loop.run_in_executor(None, _check_recorded, path, start, end, digest, length)
+            sealed = expected_sha256 or recorded.whole.hex()
+            if check.whole is None:
+                vouched.add(end)  # our bytes give it: damaged on the way, sent again
+                return False
+            if check.whole != sealed:
+                raise ContentMismatch(
+                    f"{path.name}: the stored copy changed since it was verified: the central refused the "
+                    f"chunk at {start}, its bytes 0..{end} give SHA-256 {check.to_end}, {digest.hex()} when "
+                    f"verified, and the whole copy gives {check.whole}, expected {sealed}",
+                    url=url,
+                    found=check.whole,
+                )
+            # The copy is whole: the recorded digest is what is wrong. Hashing decides.
+            log.warning(
+                "upload %s: %s: the prefix digest recorded for bytes 0..%d is wrong (the copy gives %s and "
+                "its sealed hash): hashed as it is sent from now on", _upload_id(url), path.name, end,
+                check.to_end,
+            )
+            recorded = None
+            prefix_at[start] = check.at_start
+            if read_ahead is not None:  # read with a recorded digest: read again
+                stale = read_ahead[2]
+                stale.add_done_callback(lambda done: _abandoned(self.buffers, done))
+                read_ahead = None
+            if on_recorded_wrong is not None:
+                on_recorded_wrong()
+            return True
+
+        async def create() -> tuple[str, int]:
+            """A new upload; a first chunk refused with its recorded digest is judged at once."""
+            refused_before = sent.checksum_retries
+            first_end = size_at(0)
+            made, at = await self._create_for(path, length, encoded_metadata, sent, take)
+            if sent.checksum_retries > refused_before and recorded is not None and length > 0:
+                try:
+                    await judge_refused(made, 0, first_end)
+                except ContentMismatch:
+                    await self._terminate_quietly(made)
+                    raise
+            return made, at
+
         def read_next(after: _Chunk) -> None:
             nonlocal read_ahead
             following = after.offset + len(after.data)
@@ -683,7 +734,7 @@ class TusClient:
                     log.info("upload %s is gone on the server: starting a new upload", _upload_id(url))
                     url = None
             if url is None:
-                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                url, offset = await create()
                 known_offset = offset
                 created = True
                 if on_created is not None:
@@ -717,40 +768,8 @@ class TusClient:
                         failures_here,
                         self.checksum_attempts,
                     )
-                    if chunk.recorded and recorded is not None and end not in vouched:
-                        assert chunk.prefix_sha256 is not None
-                        digest = bytes.fromhex(chunk.prefix_sha256)
-                        check = await loop.run_in_executor(
-                            None, _check_recorded, path, chunk.offset, end, digest, length
-                        )
-                        sealed = expected_sha256 or recorded.whole.hex()
-                        if check.whole is None:
-                            vouched.add(end)  # our bytes give it: damaged on the way, sent again
-                        elif check.whole != sealed:
-                            raise ContentMismatch(
-                                f"{path.name}: the stored copy changed since it was verified: the central "
-                                f"refused the chunk at {chunk.offset}, its bytes 0..{end} give SHA-256 "
-                                f"{check.to_end}, {chunk.prefix_sha256} when verified, and the whole copy "
-                                f"gives {check.whole}, expected {sealed}",
-                                url=url,
-                                found=check.whole,
-                            )
-                        else:
-                            # The copy is whole: the recorded digest is what is wrong. Hashing decides.
-                            log.warning(
-                                "upload %s: %s: the prefix digest recorded for bytes 0..%d is wrong (the "
-                                "copy gives %s and its sealed hash): hashed as it is sent from now on",
-                                _upload_id(url), path.name, end, check.to_end,
-                            )
-                            recorded = None
-                            prefix_at[chunk.offset] = check.at_start
-                            failures_here -= 1  # not the bytes' fault
-                            if read_ahead is not None:  # read with a recorded digest: read again
-                                stale = read_ahead[2]
-                                stale.add_done_callback(lambda done: _abandoned(self.buffers, done))
-                                read_ahead = None
-                            if on_recorded_wrong is not None:
-                                on_recorded_wrong()
+                    if chunk.recorded and await judge_refused(url, chunk.offset, end):
+                        failures_here -= 1  # the recorded digest's fault, not the bytes'
                     refused_for_good = failures_here >= self.checksum_attempts
                     if refused_for_good and self.checksum == PREFIX_SHA256 and not recreated:
                         # Every byte before this chunk verified when it was committed, so a chunk refused
@@ -762,7 +781,7 @@ class TusClient:
                         )
                         await self._terminate_quietly(url)
                         recreated = True
-                        url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                        url, offset = await create()
                         confirmed = known_offset = offset
                         failures_here = 0
                         created = True
@@ -809,7 +828,7 @@ class TusClient:
                     "upload %s disappeared at offset %d: creating a new upload", _upload_id(url), offset
                 )
                 recreated = True
-                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                url, offset = await create()
                 confirmed = known_offset = offset
                 created = True
                 if on_created is not None:

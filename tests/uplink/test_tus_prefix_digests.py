@@ -130,15 +130,19 @@ async def test_an_upload_with_recorded_digests_sends_them_and_hashes_nothing(
     assert not any(was_recorded for *_, was_recorded in hashing.chunks)
 
 
+# The chunk whose byte flipped, and the chunks read: up to it and one read ahead (never sent), or the
+# first alone, refused with its creation (creation-with-upload).
+@pytest.mark.parametrize(("damaged", "read"), [(2, [0, CHUNK, CHUNK * 2, CHUNK * 3]), (0, [0])],
+                         ids=["third-chunk", "first-chunk"])
 async def test_a_copy_changed_after_offload_ends_in_content_mismatch_not_a_loop_of_refusals(
     tmp_path: Path, central: Served, store: TusUploadStore, session: aiohttp.ClientSession,  # noqa: F811
-    hashing: Hashing,
+    hashing: Hashing, damaged: int, read: list[int],
 ) -> None:
     size = CHUNK * 4 + 100
     path, data = evidence(tmp_path, size, seed=22)
     digests, sealed = recorded(data), hashlib.sha256(data).hexdigest()
     rotten = bytearray(data)
-    rotten[CHUNK * 2 + 7] ^= 0x01  # one byte of the stored copy flipped after it was verified
+    rotten[CHUNK * damaged + 7] ^= 0x01  # one byte of the stored copy flipped after it was verified
     path.write_bytes(bytes(rotten))
     client = prefix_client(session, central.origin)
     created: list[str] = []
@@ -147,12 +151,12 @@ async def test_a_copy_changed_after_offload_ends_in_content_mismatch_not_a_loop_
                             recorded=digests)
     assert caught.value.found == hashlib.sha256(rotten).hexdigest()
     assert "changed since it was verified" in str(caught.value)
-    assert f"refused the chunk at {CHUNK * 2}" in str(caught.value)
+    assert f"refused the chunk at {CHUNK * damaged}" in str(caught.value)
     assert hashing.checks == 1, "one refusal, checked once, no loop"
-    # Nothing read after the damaged chunk but the one chunk of read-ahead (never sent).
-    assert [o for o, *_ in hashing.chunks] == [0, CHUNK, CHUNK * 2, CHUNK * 3]
+    assert [o for o, *_ in hashing.chunks] == read
     # The upload was terminated: the central holds nothing of it.
-    assert store.get(upload_id(created[0])) is None and list(store.root.glob("*.part")) == []
+    assert caught.value.url is not None and created in ([], [caught.value.url])
+    assert store.get(upload_id(caught.value.url)) is None and list(store.root.glob("*.part")) == []
 
     # Control: the untouched copy goes through with the same digests, nothing hashed.
     path.write_bytes(data)
