@@ -25,6 +25,16 @@ How an upload goes (:meth:`TusClient.upload`):
    once. The last chunk's digest is the file's SHA-256: given ``expected_sha256`` (the sealed hash),
    a stored copy that no longer gives it is found before the last chunk goes, and the upload is
    terminated and :class:`ContentMismatch` raised, so the central never holds a damaged copy whole.
+
+   Given the digests recorded when the stored copy was verified at offload (``recorded``:
+   :mod:`edge.ingest.prefix_digests`, every ``step`` bytes and at the end, the last one the sealed
+   hash), the client hashes nothing: each chunk ends at a multiple of the chunk size (a multiple of the
+   step) and carries the recorded digest, and the central checks it against its running hash of the
+   bytes it received, so a copy changed since offload is refused at its first changed chunk and never
+   completed. A refused chunk is judged by hashing the copy from byte 0 through its end, once: the
+   recorded digest (damaged on the way: sent again), not it and not the sealed hash either (the copy
+   changed: terminated, :class:`ContentMismatch`), or not it but the sealed hash (the recorded digest is
+   wrong: hashed as it goes from then on).
    A chunk refused every time is then no transport accident but a central holding other bytes before
    it (a copy re-acquired since): the upload is terminated and started again, once per call. A central
    of an earlier release refuses the algorithm (400 naming ``Upload-Checksum``): the client falls back
