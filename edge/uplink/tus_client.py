@@ -341,7 +341,7 @@ def _read_chunk(
         with path.open("rb", buffering=0) as f:
             fd = f.fileno()
             if recorded:
-                pass
+                hasher = None  # the recorded digest is the checksum: nothing to hash
             elif algorithm == PREFIX_SHA256:
                 if prefix_before is None:
                     prefix_before = _hash_before(path, fd, offset)
@@ -544,7 +544,7 @@ class TusClient:
         sha256-prefix checksum): the content's SHA-256, checked before the last chunk is sent
         (:class:`ContentMismatch`). ``recorded`` (with sha256-prefix): the content's prefix digests
         recorded when the stored copy was verified; when they serve this chunk size and end at
-        ``expected_sha256``, chunks go with them and are not hashed (see :meth:`_upload`);
+        ``expected_sha256`` (required for them), chunks go with them and are not hashed (see :meth:`_upload`);
         ``on_recorded_wrong()`` is called when one proved wrong. Raises an :class:`UplinkError`; every
         one carries ``.url`` when an upload exists. Chunk buffers are kept for reuse while uploads run,
         let go once none does.
@@ -563,9 +563,11 @@ class TusClient:
         if recorded is None or self.checksum != PREFIX_SHA256:
             return None
         why = None
-        if recorded.size != length:
+        if expected_sha256 is None:
+            why = "no sealed hash given to judge them by"
+        elif recorded.size != length:
             why = f"recorded for {recorded.size} bytes, {length} to send"
-        elif expected_sha256 is not None and recorded.whole.hex() != expected_sha256:
+        elif recorded.whole.hex() != expected_sha256:
             why = f"they end at {recorded.whole.hex()}, not at the sealed hash {expected_sha256}"
         elif not recorded.serves(self.chunk_size_bytes):
             why = (f"recorded every {recorded.step_bytes} bytes, chunks of {self.chunk_size_bytes} are not "
@@ -682,7 +684,7 @@ class TusClient:
                 return False
             assert recorded is not None
             check = await loop.run_in_executor(None, _check_recorded, path, start, end, digest, length)
-            sealed = expected_sha256 or recorded.whole.hex()
+            sealed = expected_sha256
             if check.whole is None:
                 vouched.add(end)  # our bytes give it: damaged on the way, sent again
                 return False
