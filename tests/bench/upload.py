@@ -5,7 +5,9 @@
     python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
-Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
+Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed) as a station
+acquires them (the verification re-read recording each copy's sha256-prefix digests at the uplink's
+--chunk-mb, which the uplink then sends instead of hashing: edge.ingest.prefix_digests); then, in the
 same run, the same stored files are uploaded, cold from disk (page cache dropped before each
 contender), each contender to a real central of its own (`edge central`, its own process, mutual
 TLS), (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the station
