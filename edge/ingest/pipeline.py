@@ -73,7 +73,7 @@ from edge.ingest.kept_space import (
     said_bookings,
 )
 from edge.ingest.manifest import build_manifest
-from edge.ingest.prefix_digests import PrefixDigests, record_prefix_digests
+from edge.ingest.prefix_digests import PrefixDigests
 from edge.ingest.repository import (
     REBUILD_FAILED,
     REBUILD_OPENED,
@@ -82,6 +82,7 @@ from edge.ingest.repository import (
     IngestRepository,
     ItemRecord,
     open_rebuild,
+    record_prefix_digests,
 )
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
@@ -292,7 +293,7 @@ class IngestPipeline:
         def record_reacquired() -> None:
             self.repository.entry(EntryType.REACQUIRED, work.item, reacquired)
             if digests is not None:  # of the new copy, as its re-read found it
-                record_prefix_digests(self.store.conn, work.item, digests)
+                record_prefix_digests(self.repository.conn, work.item, digests)
 
         await self.commit(record_reacquired)
         work.source_read_now = done["source_reread"]
@@ -927,7 +928,7 @@ class _Run:
         def record_verified() -> None:
             self.repository.verified(w.item, verified, manifest)
             if digests is not None:  # the upload's checksums, from the bytes this re-read verified
-                record_prefix_digests(self.pipeline.store.conn, w.item, digests)
+                record_prefix_digests(self.repository.conn, w.item, digests)
 
         await self.pipeline.commit(record_verified)
         w.acquisition.state = AcquisitionState.VERIFIED

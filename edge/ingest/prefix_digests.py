@@ -9,20 +9,16 @@ client sends them as its ``sha256-prefix`` checksums instead of hashing every by
 bytes it received, so what goes is checked against the digests of what was verified at offload.
 
 They are a derived cache, not evidence: kept in the station's ``state.db`` (table ``prefix_digests``,
-written in the transaction that records the item ``verified``), never in the manifest, and checked when
-loaded (the last one must be the item's sealed hash). Lost or wrong, they cost a hash: the uplink then
-hashes as it did without them.
+written in the transaction that records the item ``verified``: :mod:`edge.ingest.repository`), never in
+the manifest, and checked when loaded (the last one must be the item's sealed hash). Lost or wrong, they
+cost a hash: the uplink then hashes as it did without them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import sqlite3
 from dataclasses import dataclass
 from typing import Final
-
-log = logging.getLogger(__name__)
 
 DIGEST_BYTES: Final = 32
 # Bounds what a damaged row can make the uplink allocate: 1 MiB steps of a 256 GiB item.
@@ -110,57 +106,3 @@ class PrefixRecorder:
         if self._done == 0 or self._done % self.step_bytes:
             kept += self._hasher.digest()
         return PrefixDigests(self.step_bytes, self._done, kept)
-
-
-# ------------------------------------------------------------------------------------ in the store
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS prefix_digests (  -- edge.ingest.prefix_digests: a cache, not evidence
-    item TEXT PRIMARY KEY,
-    step_bytes INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    digests BLOB NOT NULL             -- 32-byte SHA-256 digests, concatenated
-);
-"""
-
-
-def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDigests) -> None:
-    """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones."""
-    conn.execute(
-        "INSERT OR REPLACE INTO prefix_digests(item, step_bytes, size, digests) VALUES (?, ?, ?, ?)",
-        (item, digests.step_bytes, digests.size, digests.digests),
-    )
-
-
-def forget_prefix_digests(conn: sqlite3.Connection, item: str) -> None:
-    conn.execute("DELETE FROM prefix_digests WHERE item=?", (item,))
-
-
-def load_prefix_digests(conn: sqlite3.Connection, item: str, sha256: str, size: int) -> PrefixDigests | None:
-    """The digests recorded for ``item`` when they are whole and end at its sealed hash ``sha256`` over
-    ``size`` bytes; None (with a log line when some were recorded) otherwise: then the uplink hashes."""
-    row = conn.execute(
-        "SELECT step_bytes, size, digests FROM prefix_digests WHERE item=?", (item,)
-    ).fetchone()
-    if row is None:
-        return None
-    step, recorded_size, blob = row[0], row[1], row[2]
-    problem = None
-    if not isinstance(step, int) or not isinstance(recorded_size, int) or not isinstance(blob, bytes):
-        problem = "a malformed row"
-    elif recorded_size != size:
-        problem = f"recorded for {recorded_size} bytes, the item has {size}"
-    elif step < 1 or digest_count(size, step) > MAX_DIGESTS:
-        problem = f"an impossible step of {step} bytes"
-    else:
-        try:
-            digests = PrefixDigests(step, size, blob)
-        except ValueError as exc:
-            problem = str(exc)
-        else:
-            if digests.whole.hex() == sha256:
-                return digests
-            problem = f"the last one is {digests.whole.hex()}, the sealed hash {sha256}"
-    log.warning("item %s: its recorded prefix digests are not used (%s): the upload hashes the copy",
-                item, problem)
-    return None

@@ -51,7 +51,6 @@ from edge.durable.files import (
 from edge.durable.lock import LOCK_FILE_NAME, StoreBusy, StoreLock
 from edge.durable.sqlite import immediate_transaction
 from edge.ingest.events import LedgerEventLog
-from edge.ingest.prefix_digests import SCHEMA as PREFIX_DIGESTS_SCHEMA
 from edge.ingest.station_key import StationKeyProblem, open_station_key
 
 log = logging.getLogger(__name__)
@@ -112,6 +111,12 @@ CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item 
     purged TEXT                       -- station UTC time the local copy was purged
 );
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, next_attempt);
+CREATE TABLE IF NOT EXISTS prefix_digests (  -- the upload's cache, not evidence: edge.ingest.prefix_digests
+    item TEXT PRIMARY KEY,
+    step_bytes INTEGER NOT NULL,      -- a digest at every multiple of it, and at the end
+    size INTEGER NOT NULL,            -- of the original (the first `size` bytes of the stored copy)
+    digests BLOB NOT NULL             -- 32-byte SHA-256 digests of bytes 0..each boundary, concatenated
+);
 """
 
 RESERVE_BYTES = 128 * 1024
@@ -263,7 +268,6 @@ class StationStore:
             raise StoreError(f"station store {root} cannot be used: {_reason(exc)}") from None
         try:
             self.conn.executescript(SCHEMA)
-            self.conn.executescript(PREFIX_DIGESTS_SCHEMA)
             _migrate_recorder_files(self.conn)
             Ledger.create_schema(self.conn)
             _migrate_session_order(self.conn)

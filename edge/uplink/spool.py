@@ -27,7 +27,8 @@ from typing import Any
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import EntryType, station_time_now
-from edge.ingest.prefix_digests import PrefixDigests, forget_prefix_digests, load_prefix_digests
+from edge.ingest.prefix_digests import PrefixDigests
+from edge.ingest.repository import forget_prefix_digests, load_prefix_digests
 from edge.ingest.store import StationStore
 
 log = logging.getLogger(__name__)

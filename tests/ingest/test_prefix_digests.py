@@ -15,14 +15,8 @@ import pytest
 
 from edge.ingest.copy import reread_and_compare
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
-from edge.ingest.prefix_digests import (
-    DIGEST_BYTES,
-    PrefixDigests,
-    PrefixRecorder,
-    load_prefix_digests,
-    record_prefix_digests,
-)
-from edge.ingest.repository import IngestRepository
+from edge.ingest.prefix_digests import DIGEST_BYTES, PrefixDigests, PrefixRecorder
+from edge.ingest.repository import IngestRepository, load_prefix_digests, record_prefix_digests
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
 
@@ -133,7 +127,7 @@ def test_a_row_that_does_not_end_at_the_sealed_hash_is_not_used(
             record_prefix_digests(conn, "item-1", digests)
         # Control: the row as recorded is used.
         assert load_prefix_digests(store.conn, "item-1", sealed, len(content)) == digests
-        caplog.set_level(logging.WARNING, "edge.ingest.prefix_digests")
+        caplog.set_level(logging.WARNING, "edge.ingest.repository")
         assert load_prefix_digests(store.conn, "item-1", "0" * 64, len(content)) is None
         assert "not used" in caplog.text and "sealed hash" in caplog.text
         assert load_prefix_digests(store.conn, "item-1", sealed, len(content) + 1) is None
