@@ -300,7 +300,7 @@ class StationAgent:
             self._add_gb28181(supervisor)
         self.pipeline = IngestPipeline(
             self.store,
-            IngestSettings.from_config(self.config.offload),
+            IngestSettings.from_config(self.config.offload, self.config.uplink),
             executor=self.executor,
             uploads=self.uplink,
             status=self.status,

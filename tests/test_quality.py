@@ -139,7 +139,7 @@ UPLINK = ROOT / "edge" / "uplink"
 UPLINK_WIRE_MODULES = {
     "edge.uplink.tus_client", "edge.uplink.central_api", "edge.uplink.tus_transport",
     "edge.uplink.central_calls", "edge.uplink.mqtt_transport", "edge.uplink.failover",
-    "edge.uplink.blocking_body", "edge.uplink.tus_answer",
+    "edge.uplink.blocking_body", "edge.uplink.tus_answer", "edge.uplink.chunk_buffers",
 }
 UPLINK_REGISTRY = "edge.uplink.transports"
 UPLINK_SEAM_FOR_TRANSPORTS = {"edge.uplink.transport", "edge.uplink.policy", *UPLINK_WIRE_MODULES}

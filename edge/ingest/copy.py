@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from edge.durable.files import PRIVATE_FILE_MODE
 from edge.durable.uncached import ReadMethod, UncachedFile
 from edge.ingest.buffers import BUFFERS
+from edge.ingest.prefix_digests import PrefixDigests, PrefixRecorder
 
 if TYPE_CHECKING:
     from edge.ingest.source import ItemReader
@@ -59,6 +60,9 @@ class CopyResult:
     sha256: str
     size: int
 
+
+# A step no copy reaches: the re-read's hash without prefix digests.
+_NO_PREFIX_STEP = 1 << 62
 
 DEVICE_GONE_ERRNOS = {errno.ENODEV, errno.ENXIO, errno.ESHUTDOWN, errno.ENOTCONN, errno.ESTALE}
 
@@ -242,10 +246,19 @@ class ReRead:
     # How the second read of the original was proven to reach the device (its reader's
     # `cache_bypass`); None when there was no second read or it may have come from cached pages.
     source_read: ReadMethod | None = None
+    # The SHA-256 prefix digests of the stored bytes read, at every `prefix_step_bytes` and at the end
+    # (edge.ingest.prefix_digests); None when none were asked for.
+    prefix_digests: PrefixDigests | None = None
 
 
 def reread_and_compare(
-    stored: Path, source: ItemReader | None, *, size: int, chunk_bytes: int, what: str
+    stored: Path,
+    source: ItemReader | None,
+    *,
+    size: int,
+    chunk_bytes: int,
+    what: str,
+    prefix_step_bytes: int | None = None,
 ) -> ReRead:
     """Re-read the stored copy from disk and, when given, the original from its source, side by side.
 
@@ -258,8 +271,11 @@ def reread_and_compare(
     The stored copy is read in a second thread, ahead of the hashing and comparing here
     (:class:`_DiskReadAhead`): O_DIRECT reads are synchronous, and alone they leave the disk idle
     during every hash and every read of the source.
+
+    With `prefix_step_bytes`, the hash of the stored bytes also keeps its digest at every multiple of it
+    and at the end (the upload's sha256-prefix checksums: edge.ingest.prefix_digests), on the same pass.
     """
-    digest = hashlib.sha256()
+    digest = PrefixRecorder(prefix_step_bytes or _NO_PREFIX_STEP)
     theirs = BUFFERS.plain(chunk_bytes)
     differs_at: int | None = None
     offset = 0
@@ -290,7 +306,8 @@ def reread_and_compare(
             method = disk.method
     finally:
         BUFFERS.give(theirs)
-    return ReRead(digest.hexdigest(), offset, differs_at, method)
+    recorded = digest.finish() if prefix_step_bytes is not None else None
+    return ReRead(digest.hexdigest(), offset, differs_at, method, prefix_digests=recorded)
 
 
 class _DiskReadAhead:

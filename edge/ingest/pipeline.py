@@ -43,7 +43,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from edge.config.station import OffloadSection
+from edge.config.station import OffloadSection, UplinkSection
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
@@ -73,6 +73,7 @@ from edge.ingest.kept_space import (
     said_bookings,
 )
 from edge.ingest.manifest import build_manifest
+from edge.ingest.prefix_digests import PrefixDigests
 from edge.ingest.repository import (
     REBUILD_FAILED,
     REBUILD_OPENED,
@@ -81,6 +82,7 @@ from edge.ingest.repository import (
     IngestRepository,
     ItemRecord,
     open_rebuild,
+    record_prefix_digests,
 )
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
@@ -102,15 +104,21 @@ class IngestSettings:
     min_free_bytes: int = 1 << 30  # never fill the store's disk beyond this
     max_item_bytes: int = 256 << 30  # bound on an item whose size is not known up front (a stream)
     max_attempts: int = 3  # per item and run; a new run (docking) starts again
+    # The verification re-read keeps the stored copy's SHA-256 at every multiple of this (the uplink's tus
+    # chunk size, [uplink] chunk_mb) for the upload's sha256-prefix checksums (edge.ingest.prefix_digests);
+    # None: none kept.
+    prefix_step_bytes: int | None = UplinkSection.model_fields["chunk_mb"].default << 20
 
     @classmethod
-    def from_config(cls, offload: OffloadSection) -> IngestSettings:
+    def from_config(cls, offload: OffloadSection, uplink: UplinkSection | None = None) -> IngestSettings:
+        step = cls.prefix_step_bytes if uplink is None else uplink.chunk_mb << 20
         return cls(
             chunk_bytes=offload.chunk_bytes,
             verify_reread=offload.verify_reread,
             reread_original=offload.reread_original,
             min_free_bytes=offload.min_free_bytes,
             max_item_bytes=offload.max_file_bytes,
+            prefix_step_bytes=step,
         )
 
 
@@ -271,16 +279,23 @@ class IngestPipeline:
         record = self.repository.item(work.item)
         embedded = self.repository.sealed_in_file(work.item)
         try:
-            done = await _in_thread(self.executor, self._rebuild, work, record, embedded)
+            rebuilt = await _in_thread(self.executor, self._rebuild, work, record, embedded)
         except (AcquireError, CustodyError, OSError) as exc:
-            done = f"{display}: cannot re-acquire item {work.item}: {exc}"
-        if isinstance(done, str):
-            log.error("%s %s: %s", source.kind, source.device, done)
-            data = {**where, "stage": REBUILD_FAILED, "reason": done}
+            rebuilt = f"{display}: cannot re-acquire item {work.item}: {exc}"
+        if isinstance(rebuilt, str):
+            log.error("%s %s: %s", source.kind, source.device, rebuilt)
+            data = {**where, "stage": REBUILD_FAILED, "reason": rebuilt}
             await self.commit(lambda: self.repository.entry(EntryType.ERROR, work.item, data))
             return False
+        done, digests = rebuilt
         reacquired = {**where, **done, "found_by": found_by}
-        await self.commit(lambda: self.repository.entry(EntryType.REACQUIRED, work.item, reacquired))
+
+        def record_reacquired() -> None:
+            self.repository.entry(EntryType.REACQUIRED, work.item, reacquired)
+            if digests is not None:  # of the new copy, as its re-read found it
+                record_prefix_digests(self.repository.conn, work.item, digests)
+
+        await self.commit(record_reacquired)
         work.source_read_now = done["source_reread"]
         if self.uploads is not None:
             self.uploads.item_sealed(work.item)  # held back while its copy was damaged: send it now
@@ -321,9 +336,11 @@ class IngestPipeline:
             discarded.append(item)
         return discarded
 
-    def _rebuild(self, work: IngestedItem, record: ItemRecord | None, embedded: bool) -> dict[str, Any] | str:
+    def _rebuild(
+        self, work: IngestedItem, record: ItemRecord | None, embedded: bool
+    ) -> tuple[dict[str, Any], PrefixDigests | None] | str:
         """In a worker thread: the sealed artefact rebuilt from the original and put in place of the
-        damaged one; what was done, or why not."""
+        damaged one; what was done (and the new copy's prefix digests), or why not."""
         display = work.offered.display
         if record is None or record.path is None or record.manifest is None:
             return f"{display}: item {work.item} has no sealed record to rebuild"
@@ -347,7 +364,8 @@ class IngestPipeline:
             if embedded:
                 append_evidence_box(part, manifest)
             chunk = self.settings.chunk_bytes
-            reread = reread_stored_and_source(part, work.offered.reopen, size, chunk, display)
+            reread = reread_stored_and_source(part, work.offered.reopen, size, chunk, display,
+                                              prefix_step_bytes=self.settings.prefix_step_bytes)
             if (reread.stored_sha256, reread.stored_size) != (record.sha256, size):
                 return f"{display}: the new copy re-read from disk gives {reread.stored_sha256}: not replaced"
             if reread.source_differs_at is not None:
@@ -368,7 +386,7 @@ class IngestPipeline:
             "source_reread": reread.source_read is not None,  # proven to reach the device
             "source_read": None if reread.source_read is None else str(reread.source_read),
             "replaced_damaged_copy": True,
-        }
+        }, reread.prefix_digests
 
     async def ingest(
         self,
@@ -875,7 +893,8 @@ class _Run:
                 found = inspect_evidence_box(part, size, {station.key_id: station.public_key()})
             if not verify:
                 return found, None
-            return found, reread_stored_and_source(part, reopen, size, self.settings.chunk_bytes, display)
+            return found, reread_stored_and_source(part, reopen, size, self.settings.chunk_bytes, display,
+                                                   prefix_step_bytes=self.settings.prefix_step_bytes)
 
         found, reread = await self._thread(seal_and_reread)
         if found is not None:  # a sealed file brought back, or a forged box: on the record
@@ -904,7 +923,14 @@ class _Run:
             **sealing,
             "media_readable": "error" not in media,
         }
-        await self.pipeline.commit(lambda: self.repository.verified(w.item, verified, manifest))
+        digests = None if reread is None else reread.prefix_digests
+
+        def record_verified() -> None:
+            self.repository.verified(w.item, verified, manifest)
+            if digests is not None:  # the upload's checksums, from the bytes this re-read verified
+                record_prefix_digests(self.repository.conn, w.item, digests)
+
+        await self.pipeline.commit(record_verified)
         w.acquisition.state = AcquisitionState.VERIFIED
         # Before erasing, the original is read from its device again and must give the acquisition
         # hash (USB wipe), unless this verification already did so with a proven device read: the one
@@ -949,12 +975,15 @@ class _Run:
 
 
 def reread_stored_and_source(
-    stored: Path, reopen: ReaderOpener | None, size: int, chunk_bytes: int, what: str
+    stored: Path, reopen: ReaderOpener | None, size: int, chunk_bytes: int, what: str, *,
+    prefix_step_bytes: int | None = None,
 ) -> ReRead:
-    """The verification read: the stored copy from disk and, when the source can, the original again."""
+    """The verification read: the stored copy from disk and, when the source can, the original again
+    (with the stored copy's prefix digests at `prefix_step_bytes`, when given)."""
     reader: ItemReader | None = None if reopen is None else reopen()
     try:
-        found = reread_and_compare(stored, reader, size=size, chunk_bytes=chunk_bytes, what=what)
+        found = reread_and_compare(stored, reader, size=size, chunk_bytes=chunk_bytes, what=what,
+                                   prefix_step_bytes=prefix_step_bytes)
         if reader is None:
             return found
         return dataclasses.replace(found, source_read=reader.cache_bypass)

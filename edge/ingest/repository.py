@@ -23,6 +23,7 @@ here, because a recorder file whose local copy was purged is re-verified differe
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType, Ledger, LedgerEntry, ledger_key_schedule
+from edge.ingest.prefix_digests import MAX_DIGESTS, PrefixDigests, digest_count
 from edge.ingest.source import Origin, OriginalKey
 from edge.ingest.store import SESSION_ORDER, StationStore
 
@@ -474,3 +476,51 @@ class IngestRepository:
         if row is None:
             return None
         return json.loads(row["identity"]), row["bay"]
+
+
+# -- prefix digests (edge.ingest.prefix_digests): the upload's cache, not evidence ---------------------
+
+_log = logging.getLogger(__name__)
+
+
+def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDigests) -> None:
+    """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones."""
+    conn.execute(
+        "INSERT OR REPLACE INTO prefix_digests(item, step_bytes, size, digests) VALUES (?, ?, ?, ?)",
+        (item, digests.step_bytes, digests.size, digests.digests),
+    )
+
+
+def forget_prefix_digests(conn: sqlite3.Connection, item: str) -> None:
+    """Drop ``item``'s digests (inside the caller's transaction): its uploads hash the copy."""
+    conn.execute("DELETE FROM prefix_digests WHERE item=?", (item,))
+
+
+def load_prefix_digests(conn: sqlite3.Connection, item: str, sha256: str, size: int) -> PrefixDigests | None:
+    """The digests recorded for ``item`` when they are whole and end at its sealed hash ``sha256`` over
+    ``size`` bytes; None (with a log line when some were recorded) otherwise: then the uplink hashes."""
+    row = conn.execute(
+        "SELECT step_bytes, size, digests FROM prefix_digests WHERE item=?", (item,)
+    ).fetchone()
+    if row is None:
+        return None
+    step, recorded_size, blob = row[0], row[1], row[2]
+    problem = None
+    if not isinstance(step, int) or not isinstance(recorded_size, int) or not isinstance(blob, bytes):
+        problem = "a malformed row"
+    elif recorded_size != size:
+        problem = f"recorded for {recorded_size} bytes, the item has {size}"
+    elif step < 1 or digest_count(size, step) > MAX_DIGESTS:
+        problem = f"an impossible step of {step} bytes"
+    else:
+        try:
+            digests = PrefixDigests(step, size, blob)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if digests.whole.hex() == sha256:
+                return digests
+            problem = f"the last one is {digests.whole.hex()}, the sealed hash {sha256}"
+    _log.warning("item %s: its recorded prefix digests are not used (%s): the upload hashes the copy",
+                 item, problem)
+    return None

@@ -6,7 +6,9 @@
       keys/station.key.pub  its public half
       keys/station.key.<keyid>.retired[.pub]   keys rotated out by `edge keys rotate`, kept for good
       state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads,
-                            and what the central witnessed (witnessed heads, its checked tree heads)
+                            and what the central witnessed (witnessed heads, its checked tree heads);
+                            each verified copy's SHA-256 prefix digests for the upload (a cache:
+                            edge.ingest.prefix_digests)
       ledger.reserve        space held back so that a full disk can still be put on the record
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
@@ -109,6 +111,12 @@ CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item 
     purged TEXT                       -- station UTC time the local copy was purged
 );
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, next_attempt);
+CREATE TABLE IF NOT EXISTS prefix_digests (  -- the upload's cache, not evidence: edge.ingest.prefix_digests
+    item TEXT PRIMARY KEY,
+    step_bytes INTEGER NOT NULL,      -- a digest at every multiple of it, and at the end
+    size INTEGER NOT NULL,            -- of the original (the first `size` bytes of the stored copy)
+    digests BLOB NOT NULL             -- 32-byte SHA-256 digests of bytes 0..each boundary, concatenated
+);
 """
 
 RESERVE_BYTES = 128 * 1024

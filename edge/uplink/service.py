@@ -25,9 +25,10 @@ put on the ledger once. A final refusal goes into the item's `error` ledger entr
 give its recorded hash before the central holds all of it: a damaged copy is never sent whole (the
 central would refuse it for good while its recorder may still hold the file); it is on the ledger once
 and held until a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at
-once. A transport that hashes the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
-on that pass, before the last chunk goes, and abandons the upload; for any other, the copy is read and
-hashed before its first byte is sent.
+once. A transport that checks the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
+on that pass, before the central holds it whole, and abandons the upload (tus hashes each chunk, or
+sends the prefix digests the verification re-read recorded at offload, which the central checks against
+the bytes it receives); for any other, the copy is read and hashed before its first byte is sent.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -463,6 +464,9 @@ class UplinkService:
             path=entry.path,
             original_name=entry.original_name,
             resume=entry.upload_url,
+            # The checksums the verification re-read recorded: the copy is not hashed again to send it.
+            prefix_digests=self.spool.prefix_digests(entry),
+            forget_prefix_digests=functools.partial(self.spool.forget_prefix_digests, entry.item),
         )
         # The resume reference is made durable as soon as the transport has one: after a crash or a
         # restart the upload resumes where the central holds it, never from zero.

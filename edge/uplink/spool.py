@@ -27,6 +27,8 @@ from typing import Any
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import EntryType, station_time_now
+from edge.ingest.prefix_digests import PrefixDigests
+from edge.ingest.repository import forget_prefix_digests, load_prefix_digests
 from edge.ingest.store import StationStore
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,17 @@ class Spool:
         ).fetchall()
         due = [float(row["next_attempt"]) for row in rows if row["item"] not in busy]
         return due[0] if due else None
+
+    def prefix_digests(self, entry: SpoolEntry) -> PrefixDigests | None:
+        """The prefix digests recorded for the item when its copy was verified (the upload's sha256-prefix
+        checksums, edge.ingest.prefix_digests), when they end at its sealed hash; else None."""
+        return load_prefix_digests(self.store.conn, entry.item, entry.sha256, entry.size)
+
+    def forget_prefix_digests(self, item: str) -> None:
+        """The central found a recorded digest the copy does not give while the copy gives its sealed
+        hash: the digests are wrong and the item's uploads hash from now on."""
+        with self.store.transaction() as conn:
+            forget_prefix_digests(conn, item)
 
     def set_upload_url(self, item: str, url: str | None) -> None:
         with self.store.transaction() as conn:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.custody.ledger import Checkpoint, LedgerEntry
+from edge.ingest.prefix_digests import PrefixDigests
 
 __all__ = [
     "UPLOAD_LOST",
@@ -106,6 +107,11 @@ class Parcel:
     original_name: str
     resume: str | None = None
     """The transport's reference to an upload of this item in progress, from an earlier ``on_resume``."""
+    prefix_digests: PrefixDigests | None = None
+    """The content's SHA-256 prefix digests recorded when the stored copy was verified (the last one is
+    ``sha256``), for a transport that sends them instead of hashing the copy again; None: hash it."""
+    forget_prefix_digests: Callable[[], None] | None = None
+    """Called when ``prefix_digests`` proved wrong (the copy gives ``sha256`` but not one of them)."""
 
     def read_at(self, offset: int, size: int) -> bytes:
         """``size`` bytes of the content at ``offset`` (bounded by the item's size); raises

@@ -25,6 +25,16 @@ How an upload goes (:meth:`TusClient.upload`):
    once. The last chunk's digest is the file's SHA-256: given ``expected_sha256`` (the sealed hash),
    a stored copy that no longer gives it is found before the last chunk goes, and the upload is
    terminated and :class:`ContentMismatch` raised, so the central never holds a damaged copy whole.
+
+   Given the digests recorded when the stored copy was verified at offload (``recorded``:
+   :mod:`edge.ingest.prefix_digests`, every ``step`` bytes and at the end, the last one the sealed
+   hash), the client hashes nothing: each chunk ends at a multiple of the chunk size (a multiple of the
+   step) and carries the recorded digest, and the central checks it against its running hash of the
+   bytes it received, so a copy changed since offload is refused at its first changed chunk and never
+   completed. A refused chunk is judged by hashing the copy from byte 0 through its end, once: the
+   recorded digest (damaged on the way: sent again), not it and not the sealed hash either (the copy
+   changed: terminated, :class:`ContentMismatch`), or not it but the sealed hash (the recorded digest is
+   wrong: hashed as it goes from then on).
    A chunk refused every time is then no transport accident but a central holding other bytes before
    it (a copy re-acquired since): the upload is terminated and started again, once per call. A central
    of an earlier release refuses the algorithm (400 naming ``Upload-Checksum``): the client falls back
@@ -77,6 +87,7 @@ import aiohttp
 from yarl import URL
 
 from edge.custody.canonical import parse_json
+from edge.ingest.prefix_digests import PrefixDigests
 from edge.uplink.blocking_body import PIECE_BYTES, BlockingBodySender
 from edge.uplink.central_calls import CENTRAL_REQUEST_ID_HEADER, is_central_error_answer
 from edge.uplink.chunk_buffers import ChunkBuffers
@@ -249,6 +260,8 @@ class _Chunk:
     # sha256-prefix: the hasher after this chunk (the next chunk's start), and its hex digest.
     prefix_after: Any = None
     prefix_sha256: str | None = None
+    # sha256-prefix: the digest is the one recorded when the stored copy was verified (nothing hashed).
+    recorded: bool = False
 
 
 class _Sent:
@@ -296,23 +309,40 @@ def _upload_id(url: str) -> str:
     return URL(url).name[-40:] or url[-40:]
 
 
+def _prefix_hasher() -> Any:
+    """A new SHA-256 hasher for sha256-prefix digests: every byte this client hashes for them goes
+    through one made here."""
+    return hashlib.sha256()
+
+
 def _read_chunk(
-    path: Path, offset: int, size: int, algorithm: str | None, prefix_before: Any, into: memoryview
+    path: Path,
+    offset: int,
+    size: int,
+    algorithm: str | None,
+    prefix_before: Any,
+    into: memoryview,
+    recorded_digest: bytes | None = None,
 ) -> _Chunk:
     """Read ``size`` bytes at ``offset`` into ``into`` (a view of exactly ``size`` bytes) and hash them
     (runs in a worker thread; hashlib and os.preadv release the GIL). Every byte of ``into`` is
     overwritten or the read fails: a reused buffer carries nothing of an earlier chunk. The file is
     opened per chunk so an abandoned read-ahead never races a close. ``prefix_before``: for
-    sha256-prefix, the hasher over bytes 0..offset (None: hashed here first)."""
+    sha256-prefix, the hasher over bytes 0..offset (None: hashed here first). ``recorded_digest``: for
+    sha256-prefix, the digest of bytes 0..offset+size recorded when the copy was verified: then nothing
+    is hashed and it is the chunk's checksum."""
     if len(into) != size:
         raise ValueError(f"a buffer of {len(into)} bytes for a chunk of {size}")
     view = into[:]  # released below: the chunk's own view stays usable
     hasher: Any = None
     got = 0
+    recorded = algorithm == PREFIX_SHA256 and recorded_digest is not None
     try:
         with path.open("rb", buffering=0) as f:
             fd = f.fileno()
-            if algorithm == PREFIX_SHA256:
+            if recorded:
+                hasher = None  # the recorded digest is the checksum: nothing to hash
+            elif algorithm == PREFIX_SHA256:
                 if prefix_before is None:
                     prefix_before = _hash_before(path, fd, offset)
                 # The start state stays as it was: a re-sent chunk starts from it.
@@ -332,6 +362,10 @@ def _read_chunk(
         raise LocalFileError(f"{path}: cannot read {size} bytes at offset {offset}: {exc}") from exc
     finally:
         view.release()
+    if recorded:
+        assert recorded_digest is not None
+        given = f"{algorithm} {base64.b64encode(recorded_digest).decode('ascii')}"
+        return _Chunk(offset, into, given, prefix_sha256=recorded_digest.hex(), recorded=True)
     if algorithm == PREFIX_SHA256:
         prefix = hasher.digest()
         prefix_header = f"{algorithm} {base64.b64encode(prefix).decode('ascii')}"
@@ -344,15 +378,45 @@ def _read_chunk(
 
 def _hash_before(path: Path, fd: int, offset: int) -> Any:
     """A SHA-256 hasher over the first ``offset`` bytes (a resume at an offset without a kept state)."""
-    hasher = hashlib.sha256()
-    done = 0
-    while done < offset:
-        part = os.pread(fd, min(_PIECE_BYTES * 16, offset - done), done)
+    return _hash_on(path, fd, _prefix_hasher(), 0, offset)
+
+
+def _hash_on(path: Path, fd: int, hasher: Any, start: int, end: int) -> Any:
+    """``hasher`` (over bytes 0..start) updated with bytes start..end of the file."""
+    done = start
+    while done < end:
+        part = os.pread(fd, min(_PIECE_BYTES * 16, end - done), done)
         if not part:
-            raise LocalFileError(f"{path}: expected {offset} bytes before the resume offset, found {done}")
+            raise LocalFileError(f"{path}: expected {end} bytes, the file ends after {done}")
         hasher.update(part)
         done += len(part)
     return hasher
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordedCheck:
+    """What the stored copy gives now, hashed after the central refused a recorded digest."""
+
+    at_start: Any  # the hasher over bytes 0..the refused chunk's offset
+    to_end: str  # hex digest of bytes 0..the refused chunk's end
+    whole: str | None  # hex digest of the whole content, when ``to_end`` is not the recorded digest
+
+
+def _check_recorded(path: Path, offset: int, end: int, recorded: bytes, length: int) -> _RecordedCheck:
+    """Hash the stored copy from byte 0 through ``end`` (the refused chunk's end) and, when that is not
+    the ``recorded`` digest, on to ``length`` (runs in a worker thread)."""
+    try:
+        with path.open("rb", buffering=0) as f:
+            fd = f.fileno()
+            at_start = _hash_before(path, fd, offset)
+            hasher = _hash_on(path, fd, at_start.copy(), offset, end)
+            to_end = hasher.digest()
+            if to_end == recorded:
+                return _RecordedCheck(at_start, to_end.hex(), None)
+            whole = _hash_on(path, fd, hasher, end, length).hexdigest()
+    except OSError as exc:
+        raise LocalFileError(f"{path}: cannot read the stored copy to check it: {exc}") from exc
+    return _RecordedCheck(at_start, to_end.hex(), whole)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +533,8 @@ class TusClient:
         progress: Callable[[int], None] | None = None,
         on_created: Callable[[str], None] | None = None,
         expected_sha256: str | None = None,
+        recorded: PrefixDigests | None = None,
+        on_recorded_wrong: Callable[[], None] | None = None,
     ) -> UploadResult:
         """Upload the first ``length`` bytes of ``path``, resuming ``url`` when given.
 
@@ -476,12 +542,41 @@ class TusClient:
         called as soon as this call creates an upload, before any more content is sent, so the
         caller can persist the URL and resume it after a crash. ``expected_sha256`` (hex; with the
         sha256-prefix checksum): the content's SHA-256, checked before the last chunk is sent
-        (:class:`ContentMismatch`). Raises an :class:`UplinkError`; every one carries ``.url`` when an
-        upload exists. Chunk buffers are kept for reuse while uploads run, let go once none does.
+        (:class:`ContentMismatch`). ``recorded`` (with sha256-prefix): the content's prefix digests
+        recorded when the stored copy was verified; when they serve this chunk size and end at
+        ``expected_sha256`` (required for them), chunks go with them and are not hashed (see :meth:`_upload`);
+        ``on_recorded_wrong()`` is called when one proved wrong. Raises an :class:`UplinkError`; every
+        one carries ``.url`` when an upload exists. Chunk buffers are kept for reuse while uploads run,
+        let go once none does.
         """
         with self.buffers.in_use():
             return await self._upload(url, path, length, metadata, progress=progress, on_created=on_created,
-                                      expected_sha256=expected_sha256)
+                                      expected_sha256=expected_sha256,
+                                      recorded=self._usable(recorded, path, length, expected_sha256),
+                                      on_recorded_wrong=on_recorded_wrong)
+
+    def _usable(
+        self, recorded: PrefixDigests | None, path: Path, length: int, expected_sha256: str | None
+    ) -> PrefixDigests | None:
+        """``recorded`` when this upload can send them: sha256-prefix, digests for this length at a step
+        that divides the chunk size, the last one the expected hash; else None (hashed as it goes)."""
+        if recorded is None or self.checksum != PREFIX_SHA256:
+            return None
+        why = None
+        if expected_sha256 is None:
+            why = "no sealed hash given to judge them by"
+        elif recorded.size != length:
+            why = f"recorded for {recorded.size} bytes, {length} to send"
+        elif recorded.whole.hex() != expected_sha256:
+            why = f"they end at {recorded.whole.hex()}, not at the sealed hash {expected_sha256}"
+        elif not recorded.serves(self.chunk_size_bytes):
+            why = (f"recorded every {recorded.step_bytes} bytes, chunks of {self.chunk_size_bytes} are not "
+                   "a multiple (chunk_mb changed since the offload)")
+        if why is not None:
+            log.info("%s: its recorded prefix digests are not used (%s): hashed as it is sent",
+                     path.name, why)
+            return None
+        return recorded
 
     async def _upload(
         self,
@@ -493,8 +588,20 @@ class TusClient:
         progress: Callable[[int], None] | None,
         on_created: Callable[[str], None] | None,
         expected_sha256: str | None,
+        recorded: PrefixDigests | None,
+        on_recorded_wrong: Callable[[], None] | None,
     ) -> UploadResult:
-        """:meth:`upload`, with its buffers' pool in use."""
+        """:meth:`upload`, with its buffers' pool in use.
+
+        With ``recorded`` digests (sha256-prefix) nothing is hashed: each chunk ends at a multiple of the
+        chunk size (a resume at another offset sends a shorter chunk up to the next one) and carries the
+        digest recorded there; the central checks it against its own running hash of the bytes it
+        received. A chunk it refuses (460) is checked here, once per chunk: the stored copy is hashed from
+        byte 0 through the chunk's end. If that is the recorded digest, the bytes were damaged on the way
+        and the chunk is sent again. If not and the whole copy no longer gives its sealed hash either, the
+        copy changed since it was verified: :class:`ContentMismatch` (the upload terminated). If not but
+        the whole copy gives its sealed hash, the recorded digest is wrong: the rest of the upload is
+        hashed as it goes (``on_recorded_wrong()``)."""
         if length < 0:
             raise ValueError(f"upload length must be >= 0, got {length!r}")
         encoded_metadata = encode_metadata(metadata)
@@ -512,17 +619,24 @@ class TusClient:
         loop = asyncio.get_running_loop()
         # One chunk of read-ahead: (offset, size, future) of the chunk after the one on the wire.
         read_ahead: tuple[int, int, asyncio.Future[_Chunk]] | None = None
-        # sha256-prefix: the hasher over bytes 0..offset, by offset (each chunk's start and end).
-        prefix_at: dict[int, Any] = {0: hashlib.sha256()} if self.checksum == PREFIX_SHA256 else {}
+        # sha256-prefix: the hasher over bytes 0..offset, by offset (each chunk's start and end); none
+        # needed while the recorded digests serve (a new one is made where it is missing).
+        prefix_at: dict[int, Any] = {}
+        if self.checksum == PREFIX_SHA256 and recorded is None:
+            prefix_at[0] = _prefix_hasher()
+        vouched: set[int] = set()  # ends of chunks whose recorded digest the copy was found to give
 
         def size_at(offset: int) -> int:
+            if recorded is not None:  # up to the next multiple of the chunk size: a recorded boundary
+                return min(self.chunk_size_bytes - offset % self.chunk_size_bytes, length - offset)
             return min(self.chunk_size_bytes, length - offset)
 
         def read(offset: int) -> asyncio.Future[_Chunk]:
             size = size_at(offset)
             into = self.buffers.take(size)
+            digest = recorded.at(offset + size) if recorded is not None else None
             future = loop.run_in_executor(
-                None, _read_chunk, path, offset, size, self.checksum, prefix_at.get(offset), into
+                None, _read_chunk, path, offset, size, self.checksum, prefix_at.get(offset), into, digest
             )
             future.add_done_callback(lambda done: _read_ended(self.buffers, into, done))
             return future
@@ -560,6 +674,57 @@ class TusClient:
                 )
             return chunk
 
+        async def judge_refused(url: str, start: int, end: int) -> bool:
+            """The central refused the chunk ``start..end`` sent with its recorded digest: hash the copy
+            from byte 0 to see whose fault it is (once per chunk). Returns True when the recorded digest
+            was wrong (hashed from now on); raises ContentMismatch when the copy changed."""
+            nonlocal recorded, read_ahead
+            digest = recorded.at(end) if recorded is not None else None
+            if digest is None or end in vouched:
+                return False
+            assert recorded is not None
+            check = await loop.run_in_executor(None, _check_recorded, path, start, end, digest, length)
+            sealed = expected_sha256
+            if check.whole is None:
+                vouched.add(end)  # our bytes give it: damaged on the way, sent again
+                return False
+            if check.whole != sealed:
+                raise ContentMismatch(
+                    f"{path.name}: the stored copy changed since it was verified: the central refused the "
+                    f"chunk at {start}, its bytes 0..{end} give SHA-256 {check.to_end}, {digest.hex()} when "
+                    f"verified, and the whole copy gives {check.whole}, expected {sealed}",
+                    url=url,
+                    found=check.whole,
+                )
+            # The copy is whole: the recorded digest is what is wrong. Hashing decides.
+            log.warning(
+                "upload %s: %s: the prefix digest recorded for bytes 0..%d is wrong (the copy gives %s and "
+                "its sealed hash): hashed as it is sent from now on", _upload_id(url), path.name, end,
+                check.to_end,
+            )
+            recorded = None
+            prefix_at[start] = check.at_start
+            if read_ahead is not None:  # read with a recorded digest: read again
+                stale = read_ahead[2]
+                stale.add_done_callback(lambda done: _abandoned(self.buffers, done))
+                read_ahead = None
+            if on_recorded_wrong is not None:
+                on_recorded_wrong()
+            return True
+
+        async def create() -> tuple[str, int]:
+            """A new upload; a first chunk refused with its recorded digest is judged at once."""
+            refused_before = sent.checksum_retries
+            first_end = size_at(0)
+            made, at = await self._create_for(path, length, encoded_metadata, sent, take)
+            if sent.checksum_retries > refused_before and recorded is not None and length > 0:
+                try:
+                    await judge_refused(made, 0, first_end)
+                except ContentMismatch:
+                    await self._terminate_quietly(made)
+                    raise
+            return made, at
+
         def read_next(after: _Chunk) -> None:
             nonlocal read_ahead
             following = after.offset + len(after.data)
@@ -581,7 +746,7 @@ class TusClient:
                     log.info("upload %s is gone on the server: starting a new upload", _upload_id(url))
                     url = None
             if url is None:
-                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                url, offset = await create()
                 known_offset = offset
                 created = True
                 if on_created is not None:
@@ -595,6 +760,7 @@ class TusClient:
             recreated = False
             while offset < length:
                 chunk = await take(offset)
+                end = chunk.offset + len(chunk.data)  # its buffer goes back once sent
                 read_next(chunk)
                 status, new_offset = await self._sending(chunk, self._patch(url, chunk, length, sent))
                 if status == 204:
@@ -614,6 +780,8 @@ class TusClient:
                         failures_here,
                         self.checksum_attempts,
                     )
+                    if chunk.recorded and await judge_refused(url, chunk.offset, end):
+                        failures_here -= 1  # the recorded digest's fault, not the bytes'
                     refused_for_good = failures_here >= self.checksum_attempts
                     if refused_for_good and self.checksum == PREFIX_SHA256 and not recreated:
                         # Every byte before this chunk verified when it was committed, so a chunk refused
@@ -625,7 +793,7 @@ class TusClient:
                         )
                         await self._terminate_quietly(url)
                         recreated = True
-                        url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                        url, offset = await create()
                         confirmed = known_offset = offset
                         failures_here = 0
                         created = True
@@ -672,7 +840,7 @@ class TusClient:
                     "upload %s disappeared at offset %d: creating a new upload", _upload_id(url), offset
                 )
                 recreated = True
-                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                url, offset = await create()
                 confirmed = known_offset = offset
                 created = True
                 if on_created is not None:

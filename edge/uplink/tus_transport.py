@@ -138,8 +138,11 @@ class TusLink(ApiLinkCalls):
         try:
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
+            # With the prefix digests recorded at offload the chunks go without hashing the copy again.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
-                                           on_created=on_resume, expected_sha256=parcel.sha256)
+                                           on_created=on_resume, expected_sha256=parcel.sha256,
+                                           recorded=parcel.prefix_digests,
+                                           on_recorded_wrong=parcel.forget_prefix_digests)
         except ContentMismatch as exc:
             raise StoredCopyMismatch(str(exc), exc.found) from exc
         except LocalFileError as exc:

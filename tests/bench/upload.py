@@ -5,7 +5,9 @@
     python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
-Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
+Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed) as a station
+acquires them (the verification re-read recording each copy's sha256-prefix digests at the uplink's
+--chunk-mb, which the uplink then sends instead of hashing: edge.ingest.prefix_digests); then, in the
 same run, the same stored files are uploaded, cold from disk (page cache dropped before each
 contender), each contender to a real central of its own (`edge central`, its own process, mutual
 TLS), (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the station
@@ -272,20 +274,22 @@ def station_config(station_id: str, store: Path, mount_root: Path, uplink: dict[
         {
             "station": {"id": station_id, "store_dir": str(store), "clock": "untrusted"},
             "usb": {"mount_root": str(mount_root)},
-            "offload": {"verify_reread": False, "min_free_bytes": 0},
+            # Verified as a station does (the re-read records the upload's prefix digests).
+            "offload": {"verify_reread": True, "min_free_bytes": 0},
             "wipe": {"policy": "never"},
             "uplink": uplink or {},
         }
     )
 
 
-def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
-    """Offload a volume into a new station store (set-up, not timed)."""
+def acquire_into(station_id: str, store_dir: Path, volume: Path, chunk_mb: int = 8) -> None:
+    """Offload a volume into a new station store as a station does (set-up, not timed): the verification
+    re-read records each copy's prefix digests at the uplink's chunk size."""
     from edge.ingest.store import StationStore
     from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
     from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 
-    config = station_config(station_id, store_dir, volume.parent, None)
+    config = station_config(station_id, store_dir, volume.parent, {"chunk_mb": chunk_mb})
     store = StationStore(store_dir, station_id)
     serial = volume.name.removeprefix("ZFY_")
     identity = RecorderIdentity(serial, "110001", "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
@@ -294,9 +298,12 @@ def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
     )
     with ThreadPoolExecutor(4) as executor:
         result = asyncio.run(VolumeOffload(store, config, session, volume, executor=executor).run())
+    recorded = store.conn.execute("SELECT count(*) FROM prefix_digests").fetchone()[0]
     store.close()
     if result.outcome is not OffloadOutcome.DONE:
         raise SystemExit(f"set-up offload failed: {result.outcome} {result.errors[:3]}")
+    if recorded != len(result.items):
+        raise SystemExit(f"set-up offload recorded prefix digests of {recorded} of {len(result.items)} items")
 
 
 def uplink_worker(
@@ -471,7 +478,7 @@ def mode_single(
 ) -> dict[str, Any]:
     volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
     template = work / "station-template"
-    acquire_into("BENCH-01", template, volume)
+    acquire_into("BENCH-01", template, volume, chunk_mb)
     samples: dict[str, list[float]] = {"curl": [], "edge": []}
     # CPU seconds per GiB: each side of each contender, one sample per round.
     cpu: dict[str, list[float]] = {"station": [], "central": [], "curl": [], "curl_central": []}

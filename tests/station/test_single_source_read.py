@@ -181,10 +181,10 @@ class _CorruptBehindTheCache:
         self.cache_still_good: bool | None = None
         self.real = pipeline_module.reread_stored_and_source
 
-    def __call__(self, stored: Path, *args: Any) -> ReRead:
+    def __call__(self, stored: Path, *args: Any, **kwargs: Any) -> ReRead:
         self.calls += 1
         if self.calls > 1:
-            return self.real(stored, *args)
+            return self.real(stored, *args, **kwargs)
         with stored.open("rb") as holder:
             mapping = mmap.mmap(holder.fileno(), 0, prot=mmap.PROT_READ)
             try:
@@ -193,7 +193,7 @@ class _CorruptBehindTheCache:
                     self._flip_on_disk(written)
                 # Control: a buffered read still answers with the bytes once written.
                 self.cache_still_good = stored.read_bytes() == written
-                return self.real(stored, *args)
+                return self.real(stored, *args, **kwargs)
             finally:
                 mapping.close()
 

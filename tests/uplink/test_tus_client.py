@@ -302,10 +302,11 @@ async def test_each_byte_is_read_from_disk_once(
     real = tus_client._read_chunk
 
     def counting(
-        p: Path, offset: int, n: int, algorithm: str | None, before: object, into: memoryview
+        p: Path, offset: int, n: int, algorithm: str | None, before: object, into: memoryview,
+        recorded: bytes | None,
     ) -> tus_client._Chunk:
         reads.append((offset, n))
-        return real(p, offset, n, algorithm, before, into)
+        return real(p, offset, n, algorithm, before, into, recorded)
 
     monkeypatch.setattr(tus_client, "_read_chunk", counting)
     result = await make_client(session, central.origin).upload(None, path, size, {})
@@ -1031,10 +1032,11 @@ async def test_checksum_refused_every_time_is_bounded_and_rereads_the_chunk(
     real = tus_client._read_chunk
 
     def counting(
-        p: Path, offset: int, n: int, algorithm: str | None, before: object, into: memoryview
+        p: Path, offset: int, n: int, algorithm: str | None, before: object, into: memoryview,
+        recorded: bytes | None,
     ) -> tus_client._Chunk:
         reads.append(offset)
-        return real(p, offset, n, algorithm, before, into)
+        return real(p, offset, n, algorithm, before, into, recorded)
 
     monkeypatch.setattr(tus_client, "_read_chunk", counting)
     path, _ = evidence(tmp_path, CHUNK * 2)

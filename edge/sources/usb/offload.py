@@ -213,7 +213,8 @@ class VolumeOffload:
         self.device = session.identity.device_serial
         self.chunk = config.offload.chunk_bytes
         self.pipeline = pipeline or IngestPipeline(
-            store, IngestSettings.from_config(config.offload), executor=executor, uploads=receipts
+            store, IngestSettings.from_config(config.offload, config.uplink), executor=executor,
+            uploads=receipts,
         )
 
     # -- plumbing ---------------------------------------------------------------------------------
