@@ -1,0 +1,102 @@
+"""Review revs13d of the recorded prefix digests (edge.ingest.prefix_digests, edge.uplink.tus_client).
+
+A refused chunk sent with its recorded digest is judged by hashing the stored copy from byte 0 through the
+chunk's end, once per refused chunk, and the hasher so built is dropped when the copy gives the digest
+(wire damage). On a link that damages many chunks the station re-reads the copy from its start for every
+one of them: quadratic in the item's size (a 256 GiB item at 1 MiB chunks, one chunk in a thousand
+damaged: about 33 TiB read from disk), where hashing as it sends re-hashes only the refused chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from edge.central.tus_store import TusUploadStore
+from tests.uplink.test_tus_client import (  # noqa: F401 (fixtures, found by their names)
+    CHUNK,
+    Served,
+    TcpProxy,
+    central,
+    evidence,
+    session,
+    store,
+    stored,
+)
+from tests.uplink.test_tus_prefix_digests import (  # noqa: F401 (fixtures, found by their names)
+    Hashing,
+    hashing,
+    prefix_client,
+    recorded,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+CHUNKS = 12
+
+
+class _EveryChunkProxy(TcpProxy):
+    """The TcpProxy flipping one byte in each of several markers in turn (each once): the next marker is
+    armed when the proxy clears the one it just used."""
+
+    def __init__(self, target_port: int, markers: list[bytes]) -> None:
+        self._markers = list(markers)
+        super().__init__(target_port)
+
+    @property  # type: ignore[override]
+    def _marker(self) -> bytes | None:
+        return self._markers[0] if self._markers else None
+
+    @_marker.setter
+    def _marker(self, value: bytes | None) -> None:
+        if value is None and self._markers:
+            self._markers.pop(0)
+
+
+@pytest.fixture
+async def damaging(central: Served) -> AsyncIterator[list[_EveryChunkProxy]]:  # noqa: F811
+    made: list[_EveryChunkProxy] = []
+    yield made
+    for p in made:
+        await p.close()
+
+
+async def _start(central: Served, made: list[_EveryChunkProxy], data: bytes) -> _EveryChunkProxy:  # noqa: F811
+    p = _EveryChunkProxy(central.port, [data[k * CHUNK + 500 : k * CHUNK + 532] for k in range(1, CHUNKS)])
+    await p.start()
+    made.append(p)
+    return p
+
+
+async def test_wire_damage_on_many_chunks_costs_no_more_hashing_with_recorded_digests_than_without(
+    tmp_path: Path, central: Served, store: TusUploadStore, session: aiohttp.ClientSession,  # noqa: F811
+    hashing: Hashing, damaging: list[_EveryChunkProxy],  # noqa: F811
+) -> None:
+    size = CHUNK * CHUNKS
+    path, data = evidence(tmp_path, size, seed=131)
+    sealed = hashlib.sha256(data).hexdigest()
+
+    # Control: hashed as it is sent, every chunk but the first damaged once on the wire: each refused chunk re-hashed.
+    link = await _start(central, damaging, data)
+    client = prefix_client(session, link.origin)
+    plain = await client.upload(None, path, size, {}, expected_sha256=sealed)
+    assert link.corrupted >= CHUNKS // 2 and plain.checksum_retries == link.corrupted
+    assert stored(store, plain.url) == data
+    without = hashing.bytes
+    assert without <= 2 * size
+
+    # The same damage with the digests recorded at offload: each refusal re-reads the copy from byte 0.
+    hashing.bytes = hashing.checks = 0
+    link = await _start(central, damaging, data)
+    client = prefix_client(session, link.origin)
+    result = await client.upload(None, path, size, {}, expected_sha256=sealed, recorded=recorded(data))
+    assert link.corrupted >= CHUNKS // 2 and result.checksum_retries == link.corrupted
+    assert stored(store, result.url) == data
+    assert hashing.bytes <= without, (
+        f"{hashing.checks} refused chunks judged by hashing {hashing.bytes} bytes of a {size}-byte copy "
+        f"({hashing.bytes / size:.1f} times it; {without} bytes hashed without recorded digests)"
+    )
