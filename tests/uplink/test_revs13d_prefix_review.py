@@ -47,7 +47,7 @@ class _EveryChunkProxy(TcpProxy):
         self._markers = list(markers)
         super().__init__(target_port)
 
-    @property  # type: ignore[override]
+    @property
     def _marker(self) -> bytes | None:
         return self._markers[0] if self._markers else None
 
@@ -80,7 +80,8 @@ async def test_wire_damage_on_many_chunks_costs_no_more_hashing_with_recorded_di
     path, data = evidence(tmp_path, size, seed=131)
     sealed = hashlib.sha256(data).hexdigest()
 
-    # Control: hashed as it is sent, every chunk but the first damaged once on the wire: each refused chunk re-hashed.
+    # Control: hashed as it is sent, each chunk but the first damaged once on the wire: only the
+    # refused chunk is hashed again.
     link = await _start(central, damaging, data)
     client = prefix_client(session, link.origin)
     plain = await client.upload(None, path, size, {}, expected_sha256=sealed)
