@@ -10,6 +10,7 @@ damaged: about 33 TiB read from disk), where hashing as it sends re-hashes only 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import aiohttp
 import pytest
 
 from edge.central.tus_store import TusUploadStore
+from edge.ingest.repository import load_prefix_digests, record_prefix_digests
+from edge.ingest.store import StationStore
+from edge.uplink.spool import Spool
 from tests.uplink.test_tus_client import (  # noqa: F401 (fixtures, found by their names)
     CHUNK,
     Served,
@@ -101,3 +105,30 @@ async def test_wire_damage_on_many_chunks_costs_no_more_hashing_with_recorded_di
         f"{hashing.checks} refused chunks judged by hashing {hashing.bytes} bytes of a {size}-byte copy "
         f"({hashing.bytes / size:.1f} times it; {without} bytes hashed without recorded digests)"
     )
+
+
+# -- the digests of a purged item stay in state.db for good ---------------------------------------------
+#
+# Nothing deletes a row of prefix_digests but a recorded digest proved wrong: not the receipt, not the
+# purge of the local copy. 32 bytes per MiB of everything the station ever offloaded (an 8 MiB blob for a
+# 256 GiB item at 1 MiB steps; ~32 MB per TB) stay in state.db on the store's disk, for items whose copy
+# is gone and will never be uploaded again.
+
+
+def test_a_purged_items_prefix_digests_do_not_stay_in_state_db(tmp_path: Path) -> None:
+    station = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        data = random.Random(7).randbytes(CHUNK * 4 + 11)
+        digests = recorded(data)
+        sealed = hashlib.sha256(data).hexdigest()
+        with station.transaction() as conn:
+            record_prefix_digests(conn, "item-purged", digests)
+        # Control: while the copy is kept, its digests are there and used.
+        assert load_prefix_digests(station.conn, "item-purged", sealed, len(data)) == digests
+        Spool(station).mark_purged("item-purged", ["items/2026/12/06/item-purged.mp4"])
+        left = station.conn.execute(
+            "SELECT length(digests) FROM prefix_digests WHERE item=?", ("item-purged",)
+        ).fetchall()
+        assert left == [], f"the purged item's {left[0][0]} bytes of prefix digests stay in state.db"
+    finally:
+        station.close()
