@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from edge.central.tus_store import TusUploadStore
+from edge.ingest.prefix_digests import DIGEST_BYTES, PrefixDigests
 from edge.ingest.repository import load_prefix_digests, record_prefix_digests
 from edge.ingest.store import StationStore
 from edge.uplink.spool import Spool
@@ -130,5 +131,32 @@ def test_a_purged_items_prefix_digests_do_not_stay_in_state_db(tmp_path: Path) -
             "SELECT length(digests) FROM prefix_digests WHERE item=?", ("item-purged",)
         ).fetchall()
         assert left == [], f"the purged item's {left[0][0]} bytes of prefix digests stay in state.db"
+    finally:
+        station.close()
+
+
+# -- what the re-read records, the uplink refuses to load -------------------------------------------------
+#
+# PrefixRecorder keeps a digest at every step of any copy ([offload] max_file_bytes has no upper bound),
+# and the verified transaction writes them all; load_prefix_digests refuses more than MAX_DIGESTS (1 MiB
+# steps of 256 GiB) as "an impossible step": an item of more than 256 GiB at chunk_mb = 1 has its 8 MiB of
+# digests written at offload and is then hashed byte for byte at upload.
+
+
+def test_digests_the_verification_records_for_a_large_item_are_the_ones_the_uplink_loads(
+    tmp_path: Path,
+) -> None:
+    step = 1 << 20
+    sealed = hashlib.sha256(b"the sealed copy").digest()
+    station = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        for item, size in (("control-256-gib", 256 << 30), ("large-257-gib", 257 << 30)):
+            count = -(-size // step)
+            # The shape PrefixRecorder.finish() gives for `size` bytes at `step` (digest values aside).
+            digests = PrefixDigests(step, size, bytes(DIGEST_BYTES * (count - 1)) + sealed)
+            with station.transaction() as conn:
+                record_prefix_digests(conn, item, digests)
+            loaded = load_prefix_digests(station.conn, item, sealed.hex(), size)
+            assert loaded == digests, f"{item}: {count} digests recorded at offload, not loaded to upload"
     finally:
         station.close()
