@@ -400,19 +400,26 @@ class _RecordedCheck:
     at_start: Any  # the hasher over bytes 0..the refused chunk's offset
     to_end: str  # hex digest of bytes 0..the refused chunk's end
     whole: str | None  # hex digest of the whole content, when ``to_end`` is not the recorded digest
+    at_end: Any = None  # the hasher over bytes 0..the chunk's end, when that gave the recorded digest
 
 
-def _check_recorded(path: Path, offset: int, end: int, recorded: bytes, length: int) -> _RecordedCheck:
-    """Hash the stored copy from byte 0 through ``end`` (the refused chunk's end) and, when that is not
-    the ``recorded`` digest, on to ``length`` (runs in a worker thread)."""
+def _check_recorded(
+    path: Path, offset: int, end: int, recorded: bytes, length: int, known_at: int = 0, known: Any = None
+) -> _RecordedCheck:
+    """Hash the stored copy through ``end`` (the refused chunk's end) and, when that is not the
+    ``recorded`` digest, on to ``length`` (runs in a worker thread). ``known``: a hasher over bytes
+    0..``known_at`` (``known_at`` <= ``offset``; left as it is) to start from; None: from byte 0."""
     try:
         with path.open("rb", buffering=0) as f:
             fd = f.fileno()
-            at_start = _hash_before(path, fd, offset)
+            if known is None:
+                at_start = _hash_before(path, fd, offset)
+            else:
+                at_start = _hash_on(path, fd, known.copy(), known_at, offset)
             hasher = _hash_on(path, fd, at_start.copy(), offset, end)
             to_end = hasher.digest()
             if to_end == recorded:
-                return _RecordedCheck(at_start, to_end.hex(), None)
+                return _RecordedCheck(at_start, to_end.hex(), None, at_end=hasher)
             whole = _hash_on(path, fd, hasher, end, length).hexdigest()
     except OSError as exc:
         raise LocalFileError(f"{path}: cannot read the stored copy to check it: {exc}") from exc
@@ -596,8 +603,9 @@ class TusClient:
         With ``recorded`` digests (sha256-prefix) nothing is hashed: each chunk ends at a multiple of the
         chunk size (a resume at another offset sends a shorter chunk up to the next one) and carries the
         digest recorded there; the central checks it against its own running hash of the bytes it
-        received. A chunk it refuses (460) is checked here, once per chunk: the stored copy is hashed from
-        byte 0 through the chunk's end. If that is the recorded digest, the bytes were damaged on the way
+        received. A chunk it refuses (460) is checked here, once per chunk: the stored copy is hashed through
+        the chunk's end, from the furthest hasher state an earlier check kept (byte 0 for the first), so
+        all the checks of one upload hash each byte at most once. If that is the recorded digest, the bytes were damaged on the way
         and the chunk is sent again. If not and the whole copy no longer gives its sealed hash either, the
         copy changed since it was verified: :class:`ContentMismatch` (the upload terminated). If not but
         the whole copy gives its sealed hash, the recorded digest is wrong: the rest of the upload is
@@ -619,8 +627,9 @@ class TusClient:
         loop = asyncio.get_running_loop()
         # One chunk of read-ahead: (offset, size, future) of the chunk after the one on the wire.
         read_ahead: tuple[int, int, asyncio.Future[_Chunk]] | None = None
-        # sha256-prefix: the hasher over bytes 0..offset, by offset (each chunk's start and end); none
-        # needed while the recorded digests serve (a new one is made where it is missing).
+        # sha256-prefix: the hasher over bytes 0..offset, by offset (each chunk's start and end); while
+        # the recorded digests serve, only the states of checks that found the copy intact (one per
+        # refused chunk: the next check starts from them; a new one is made where none is kept).
         prefix_at: dict[int, Any] = {}
         if self.checksum == PREFIX_SHA256 and recorded is None:
             prefix_at[0] = _prefix_hasher()
@@ -676,17 +685,22 @@ class TusClient:
 
         async def judge_refused(url: str, start: int, end: int) -> bool:
             """The central refused the chunk ``start..end`` sent with its recorded digest: hash the copy
-            from byte 0 to see whose fault it is (once per chunk). Returns True when the recorded digest
+            through ``end`` to see whose fault it is (once per chunk, from the furthest state kept). Returns True when the recorded digest
             was wrong (hashed from now on); raises ContentMismatch when the copy changed."""
             nonlocal recorded, read_ahead
             digest = recorded.at(end) if recorded is not None else None
             if digest is None or end in vouched:
                 return False
             assert recorded is not None
-            check = await loop.run_in_executor(None, _check_recorded, path, start, end, digest, length)
+            # From the furthest hasher state kept at or before the chunk (a check that found the copy
+            # intact keeps its own): the checks of one upload hash each byte once, not from byte 0 each.
+            known_at = max((k for k in prefix_at if k <= start), default=0)
+            check = await loop.run_in_executor(None, _check_recorded, path, start, end, digest, length,
+                                               known_at, prefix_at.get(known_at))
             sealed = expected_sha256
             if check.whole is None:
                 vouched.add(end)  # our bytes give it: damaged on the way, sent again
+                prefix_at[end] = check.at_end
                 return False
             if check.whole != sealed:
                 raise ContentMismatch(
@@ -709,7 +723,11 @@ class TusClient:
                 stale.add_done_callback(lambda done: _abandoned(self.buffers, done))
                 read_ahead = None
             if on_recorded_wrong is not None:
-                on_recorded_wrong()
+                try:
+                    on_recorded_wrong()
+                except Exception:  # whatever the cache fails with (sqlite3): the upload goes on, hashing
+                    log.exception("upload %s: %s: dropping its wrong prefix digests failed; hashed as it is "
+                                  "sent all the same", _upload_id(url), path.name)
             return True
 
         async def create() -> tuple[str, int]:
