@@ -269,6 +269,7 @@ class StationStore:
         try:
             self.conn.executescript(SCHEMA)
             _migrate_recorder_files(self.conn)
+            _drop_finished_prefix_digests(self.conn)
             Ledger.create_schema(self.conn)
             _migrate_session_order(self.conn)
             StationWitness.create_schema(self.conn)
@@ -388,6 +389,16 @@ class StationStore:
 
 def _reason(exc: BaseException) -> str:
     return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _drop_finished_prefix_digests(conn: sqlite3.Connection) -> None:
+    """Stores made before the receipt and the purge dropped an item's prefix digests (its upload's cache,
+    edge.ingest.prefix_digests) keep them for items never uploaded again: drop those."""
+    with immediate_transaction(conn):
+        conn.execute(
+            "DELETE FROM prefix_digests WHERE item IN "
+            "(SELECT item FROM uploads WHERE state='receipted' OR purged IS NOT NULL)"
+        )
 
 
 def _migrate_recorder_files(conn: sqlite3.Connection) -> None:

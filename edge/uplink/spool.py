@@ -178,6 +178,7 @@ class Spool:
                 "UPDATE uploads SET state=?, receipt=?, receipted=?, last_error=NULL WHERE item=?",
                 (UploadState.RECEIPTED.value, canonical_json(receipt).decode("utf-8"), now, item),
             )
+            forget_prefix_digests(conn, item)  # receipted: never uploaded again, its cache goes
             self.store.ledger.append(EntryType.RECEIPT, item, dict(summary))
         return now
 
@@ -303,6 +304,7 @@ class Spool:
     def mark_purged(self, item: str, files: list[str], *, already_absent: bool = False) -> None:
         with self.store.transaction() as conn:
             conn.execute("UPDATE uploads SET purged=? WHERE item=?", (station_time_now(), item))
+            forget_prefix_digests(conn, item)  # no copy left to upload (receipted rows have none already)
             self.store.ledger.append(
                 EntryType.PURGED,
                 item,

@@ -19,6 +19,7 @@ from edge.ingest.prefix_digests import DIGEST_BYTES, PrefixDigests, PrefixRecord
 from edge.ingest.repository import IngestRepository, load_prefix_digests, record_prefix_digests
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
+from edge.uplink.spool import Spool
 
 STATION = "TEST-STATION"
 CHUNK = 4096
@@ -137,3 +138,40 @@ def test_a_row_that_does_not_end_at_the_sealed_hash_is_not_used(
         assert load_prefix_digests(store.conn, "item-2", sealed, len(content)) is None  # none recorded
     finally:
         store.close()
+
+
+async def test_a_receipted_items_digests_are_dropped_and_an_older_stores_leftovers_at_its_opening(
+    tmp_path: Path,
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for name in ("receipted.bin", "left-over.bin", "queued.bin"):
+        (drop / name).write_bytes(random.Random(name).randbytes(3 * STEP + 7))
+    store = StationStore(tmp_path / "store", STATION)
+    try:
+        source = LocalDirectory(drop, label="drop", station_id=STATION, case={"case_number": ""})
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=CHUNK,
+                                                        prefix_step_bytes=STEP))
+        run = await pipeline.ingest(source, source.listing().items)
+        assert run.outcome is IngestOutcome.DONE and len(run.sealed) == 3
+        receipted, left_over, queued = run.sealed
+        spool = Spool(store)
+        assert set(spool.enqueue_sealed()) == set(run.sealed)
+
+        def kept() -> set[str]:
+            return {row[0] for row in store.conn.execute("SELECT item FROM prefix_digests")}
+
+        assert kept() == set(run.sealed)  # control: each sealed item has its digests
+        spool.mark_receipted(receipted, {"receipt": "signed"}, {"summary": 1})
+        assert kept() == {left_over, queued}
+        # A store made before the receipt dropped them: a receipted item's row left behind.
+        with store.transaction() as conn:
+            conn.execute("UPDATE uploads SET state='receipted' WHERE item=?", (left_over,))
+        assert kept() == {left_over, queued}
+    finally:
+        store.close()
+    reopened = StationStore(tmp_path / "store", STATION)
+    try:
+        assert {row[0] for row in reopened.conn.execute("SELECT item FROM prefix_digests")} == {queued}
+    finally:
+        reopened.close()
