@@ -21,14 +21,23 @@ from dataclasses import dataclass
 from typing import Final
 
 DIGEST_BYTES: Final = 32
-# Bounds what a damaged row can make the uplink allocate: 1 MiB steps of a 256 GiB item.
-MAX_DIGESTS: Final = 1 << 18
+# The most digests one item keeps (1 MiB steps of a 1 TiB item: 32 MiB): bounds what the re-read holds
+# in memory, what state.db keeps, and what a damaged row can make the uplink allocate. The recorder keeps
+# none for a copy needing more (it is hashed as it is sent) and the loader refuses more: one rule for both
+# (:func:`recordable`), so nothing is stored that is never used.
+MAX_DIGESTS: Final = 1 << 20
 
 
 def digest_count(size: int, step_bytes: int) -> int:
     """How many digests a copy of ``size`` bytes has at ``step_bytes``: one per step boundary inside it,
     plus the end (an empty copy has one: the SHA-256 of nothing)."""
     return max(1, -(-size // step_bytes))
+
+
+def recordable(size: int, step_bytes: int) -> bool:
+    """Whether a copy of ``size`` bytes has its digests kept at ``step_bytes``: by the recorder (and
+    :func:`edge.ingest.repository.record_prefix_digests`) and the loader alike."""
+    return step_bytes >= 1 and size >= 0 and digest_count(size, step_bytes) <= MAX_DIGESTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +102,18 @@ class PrefixRecorder:
             piece = view[:to_boundary]
             self._hasher.update(piece)
             self._done += len(piece)
-            if self._done % self.step_bytes == 0:
+            if self._done % self.step_bytes == 0 and len(self._kept) < MAX_DIGESTS * DIGEST_BYTES:
                 self._kept += self._hasher.copy().digest()  # the state stays: hashing goes on from it
             view = view[len(piece):]
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
-    def finish(self) -> PrefixDigests:
-        """The digests of what was hashed: each boundary's, and the end's when it is not a boundary."""
+    def finish(self) -> PrefixDigests | None:
+        """The digests of what was hashed: each boundary's, and the end's when it is not a boundary; None
+        when there are more than the loader uses (:func:`recordable`: the upload hashes such a copy)."""
+        if not recordable(self._done, self.step_bytes):
+            return None
         kept = bytes(self._kept)
         if self._done == 0 or self._done % self.step_bytes:
             kept += self._hasher.digest()

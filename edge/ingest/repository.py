@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType, Ledger, LedgerEntry, ledger_key_schedule
-from edge.ingest.prefix_digests import MAX_DIGESTS, PrefixDigests, digest_count
+from edge.ingest.prefix_digests import PrefixDigests, recordable
 from edge.ingest.source import Origin, OriginalKey
 from edge.ingest.store import SESSION_ORDER, StationStore
 
@@ -484,7 +484,13 @@ _log = logging.getLogger(__name__)
 
 
 def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDigests) -> None:
-    """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones."""
+    """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones; none
+    (and none earlier) when they are more than :func:`load_prefix_digests` uses."""
+    if not recordable(digests.size, digests.step_bytes):
+        forget_prefix_digests(conn, item)
+        _log.info("item %s: %d bytes at steps of %d are too many prefix digests to keep: its upload hashes "
+                  "the copy", item, digests.size, digests.step_bytes)
+        return
     conn.execute(
         "INSERT OR REPLACE INTO prefix_digests(item, step_bytes, size, digests) VALUES (?, ?, ?, ?)",
         (item, digests.step_bytes, digests.size, digests.digests),
@@ -510,7 +516,7 @@ def load_prefix_digests(conn: sqlite3.Connection, item: str, sha256: str, size: 
         problem = "a malformed row"
     elif recorded_size != size:
         problem = f"recorded for {recorded_size} bytes, the item has {size}"
-    elif step < 1 or digest_count(size, step) > MAX_DIGESTS:
+    elif not recordable(size, step):
         problem = f"an impossible step of {step} bytes"
     else:
         try:

@@ -15,7 +15,7 @@ import pytest
 
 from edge.ingest.copy import reread_and_compare
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
-from edge.ingest.prefix_digests import DIGEST_BYTES, PrefixDigests, PrefixRecorder
+from edge.ingest.prefix_digests import DIGEST_BYTES, MAX_DIGESTS, PrefixDigests, PrefixRecorder
 from edge.ingest.repository import IngestRepository, load_prefix_digests, record_prefix_digests
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
@@ -175,3 +175,27 @@ async def test_a_receipted_items_digests_are_dropped_and_an_older_stores_leftove
         assert {row[0] for row in reopened.conn.execute("SELECT item FROM prefix_digests")} == {queued}
     finally:
         reopened.close()
+
+
+def test_no_more_digests_are_recorded_or_kept_than_the_loader_uses(tmp_path: Path) -> None:
+    # Steps of one byte: MAX_DIGESTS of them are a MiB, not a TiB.
+    content = random.Random(11).randbytes(MAX_DIGESTS + 1)
+    store = StationStore(tmp_path / "store", STATION)
+    try:
+        for size, kept in ((MAX_DIGESTS, True), (MAX_DIGESTS + 1, False)):  # control first
+            recorder = PrefixRecorder(1)
+            recorder.update(content[:size])
+            digests = recorder.finish()
+            assert (digests is not None) is kept, f"{size} digests: recorded {digests is not None}"
+            assert recorder.hexdigest() == hashlib.sha256(content[:size]).hexdigest()
+            # Written as the recorder would have them (a store's write refuses them the same way).
+            shaped = digests or PrefixDigests(1, size, bytes(DIGEST_BYTES * (size - 1)) + bytes.fromhex(
+                recorder.hexdigest()))
+            with store.transaction() as conn:
+                record_prefix_digests(conn, f"item-{size}", shaped)
+            loaded = load_prefix_digests(store.conn, f"item-{size}", recorder.hexdigest(), size)
+            assert loaded == (shaped if kept else None)
+            rows = store.conn.execute("SELECT count(*) FROM prefix_digests WHERE item=?", (f"item-{size}",))
+            assert rows.fetchone()[0] == (1 if kept else 0)
+    finally:
+        store.close()
