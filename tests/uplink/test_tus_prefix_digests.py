@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,35 @@ async def test_a_wrong_recorded_digest_ends_in_a_good_upload_with_the_computed_d
     again = await client.upload(None, path, size, {}, expected_sha256=sealed, recorded=good,
                                 on_recorded_wrong=lambda: forgotten.append(True))
     assert stored(store, again.url) == data and again.checksum_retries == 0 and forgotten == []
+
+
+async def test_a_failure_dropping_wrong_digests_does_not_fail_the_upload(
+    tmp_path: Path, central: Served, store: TusUploadStore, session: aiohttp.ClientSession,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    size = CHUNK * 3 + 5
+    path, data = evidence(tmp_path, size, seed=25)
+    good = recorded(data)
+    second = bytearray(good.digests)
+    second[DIGEST_BYTES] ^= 0x01
+    wrong = PrefixDigests(good.step_bytes, good.size, bytes(second))
+    sealed = hashlib.sha256(data).hexdigest()
+    calls: list[bool] = []
+
+    def locked() -> None:
+        calls.append(True)
+        raise sqlite3.OperationalError("database is locked")
+
+    client = prefix_client(session, central.origin)
+    caplog.set_level(logging.WARNING, "edge.uplink.tus_client")
+    result = await client.upload(None, path, size, {}, expected_sha256=sealed, recorded=wrong,
+                                 on_recorded_wrong=locked)
+    assert calls == [True] and stored(store, result.url) == data and result.checksum_retries == 1
+    assert "dropping its wrong prefix digests failed" in caplog.text and "database is locked" in caplog.text
+    # Control: the callback was reached only because a digest was wrong; right ones never call it.
+    again = await client.upload(None, path, size, {}, expected_sha256=sealed, recorded=good,
+                                on_recorded_wrong=locked)
+    assert stored(store, again.url) == data and calls == [True]
 
 
 class _Stop(Exception):
