@@ -603,12 +603,13 @@ class TusClient:
         With ``recorded`` digests (sha256-prefix) nothing is hashed: each chunk ends at a multiple of the
         chunk size (a resume at another offset sends a shorter chunk up to the next one) and carries the
         digest recorded there; the central checks it against its own running hash of the bytes it
-        received. A chunk it refuses (460) is checked here, once per chunk: the stored copy is hashed through
-        the chunk's end, from the furthest hasher state an earlier check kept (byte 0 for the first), so
-        all the checks of one upload hash each byte at most once. If that is the recorded digest, the bytes were damaged on the way
-        and the chunk is sent again. If not and the whole copy no longer gives its sealed hash either, the
-        copy changed since it was verified: :class:`ContentMismatch` (the upload terminated). If not but
-        the whole copy gives its sealed hash, the recorded digest is wrong: the rest of the upload is
+        received. A chunk it refuses (460) is checked here, once per chunk: the stored copy is hashed
+        through the chunk's end, from the furthest hasher state an earlier check kept (byte 0 for the
+        first), so all the checks of one upload hash each byte at most once. If that is the recorded
+        digest, the bytes were damaged on the way and the chunk is sent again. If not and the whole copy
+        no longer gives its sealed hash either, the copy changed since it was verified:
+        :class:`ContentMismatch` (the upload terminated). If not but the whole copy gives its sealed hash,
+        the recorded digest is wrong: the rest of the upload is
         hashed as it goes (``on_recorded_wrong()``)."""
         if length < 0:
             raise ValueError(f"upload length must be >= 0, got {length!r}")
@@ -685,8 +686,9 @@ class TusClient:
 
         async def judge_refused(url: str, start: int, end: int) -> bool:
             """The central refused the chunk ``start..end`` sent with its recorded digest: hash the copy
-            through ``end`` to see whose fault it is (once per chunk, from the furthest state kept). Returns True when the recorded digest
-            was wrong (hashed from now on); raises ContentMismatch when the copy changed."""
+            through ``end`` to see whose fault it is (once per chunk, from the furthest state kept).
+            Returns True when the recorded digest was wrong (hashed from now on); raises ContentMismatch
+            when the copy changed."""
             nonlocal recorded, read_ahead
             digest = recorded.at(end) if recorded is not None else None
             if digest is None or end in vouched:

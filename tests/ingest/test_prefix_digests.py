@@ -68,8 +68,9 @@ def test_the_recorder_gives_the_same_digests_however_the_bytes_are_split() -> No
     for size in [1, STEP - 1, STEP, 3, 2 * STEP + 1, len(content)]:
         pieces.update(content[at : at + size])
         at += size
-    assert whole.finish() == pieces.finish()
-    assert split(whole.finish()) == expected_digests(content, STEP)
+    digests = whole.finish()
+    assert digests is not None and digests == pieces.finish()
+    assert split(digests) == expected_digests(content, STEP)
 
 
 async def test_the_pipeline_keeps_the_digests_of_each_sealed_copy(tmp_path: Path) -> None:
@@ -121,6 +122,7 @@ def test_a_row_that_does_not_end_at_the_sealed_hash_is_not_used(
     recorder = PrefixRecorder(STEP)
     recorder.update(content)
     digests = recorder.finish()
+    assert digests is not None
     sealed = hashlib.sha256(content).hexdigest()
     store = StationStore(tmp_path / "store", STATION)
     try:

@@ -45,7 +45,9 @@ pytestmark = pytest.mark.timeout(60)
 def recorded(data: bytes, step: int = CHUNK) -> PrefixDigests:
     recorder = PrefixRecorder(step)
     recorder.update(data)
-    return recorder.finish()
+    digests = recorder.finish()
+    assert digests is not None
+    return digests
 
 
 @dataclass
