@@ -32,6 +32,7 @@ from edge.ingest.store import StationStore
 from edge.mqtt.client import ConnectionState, InboundMessage, MqttClient
 from edge.mqtt.filetransfer import SegmentCommand, parse_command_topic, parse_scoped_topic
 from edge.sources.local import LocalDirectory
+from edge.uplink.failover import FailoverLink
 from edge.uplink.policy import Backoff
 from edge.uplink.service import UplinkService
 from edge.verify.central_ledger import compare_with_central_ledger
@@ -248,6 +249,13 @@ async def test_failover_to_tus_while_the_broker_is_down_and_back_to_mqtt_when_it
             assert receiver.client is not None
             await receiver.client.wait_for(
                 lambda s: s.state is ConnectionState.CONNECTED and s.unconfirmed_subscriptions == 0, WAIT_S)
+            # And the station has had its probe's answer: MQTT is in use again (the central counting the
+            # probe comes before the station reads its answer; an item sealed in between goes over tus).
+            link = service._link
+            assert isinstance(link, FailoverLink)
+            async with asyncio.timeout(WAIT_S):
+                while link.names[link.in_use] != "mqtt":
+                    await asyncio.sleep(0.05)  # polls the station's failover state; proves nothing by itself
             second = await rig.ingest(media, "room-2")
             for item in second:
                 service.item_sealed(item)
