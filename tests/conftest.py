@@ -10,7 +10,10 @@ import pytest
 # The `requires` mark: a missing prerequisite skips locally and fails under CI (tests/prerequisites.py).
 from .prerequisites import pytest_configure, pytest_runtest_setup
 
-__all__ = ["media_cache", "pytest_configure", "pytest_runtest_setup"]
+# A failing test is reported even when pytest cannot format its traceback (tests/report_fallback.py).
+from .report_fallback import pytest_runtest_makereport
+
+__all__ = ["media_cache", "pytest_configure", "pytest_runtest_makereport", "pytest_runtest_setup"]
 
 
 @pytest.fixture(scope="session")
