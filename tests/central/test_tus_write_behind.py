@@ -18,9 +18,11 @@ import aiohttp
 import pytest
 
 from edge.central import tus
-from edge.central.tus_store import ChunkChecksum, UploadInfo, UploadWrite
+from edge.central.tus_store import ChunkChecksum
 from tests.central.tus_fixtures import (
     STATION_HEADER,
+    CallCounter,
+    CountedWrite,
     SignallingStore,
     request_bytes,
     running_tus,
@@ -32,60 +34,23 @@ OCTET = "application/offset+octet-stream"
 STATION = "station-a"
 
 
-class WatchedWrite:
+class WatchedWrite(CountedWrite):
     """An upload's write handle that counts its calls running at once and can hold a block's write."""
 
-    def __init__(self, inner: UploadWrite, watch: Watch) -> None:
-        self._inner = inner
-        self._watch = watch
-
-    upload_id = property(lambda self: self._inner.upload_id)
-    offset = property(lambda self: self._inner.offset)
-    length = property(lambda self: self._inner.length)
-    info = property(lambda self: self._inner.info)
-
-    def _run(self, name: str, *args: Any) -> Any:
+    def _before(self, name: str) -> None:
         watch = self._watch
-        with watch.lock:
-            watch.active += 1
-            watch.most_at_once = max(watch.most_at_once, watch.active)
-        try:
-            if name == "write_pieces":
-                watch.writing.set()
-                if not watch.gate.wait(60):
-                    raise AssertionError("the test never opened the gate")
-                if watch.fail_held_write:
-                    watch.fail_held_write = False
-                    raise OSError(errno.EIO, "injected: the disk failed this block")
-            return getattr(self._inner, name)(*args)
-        finally:
-            with watch.lock:
-                watch.active -= 1
-
-    def write(self, data: bytes) -> None:
-        self._run("write", data)
-
-    def write_pieces(self, pieces: Sequence[bytes]) -> None:
-        self._run("write_pieces", pieces)
-
-    def finish(self) -> UploadInfo:
-        return self._run("finish")  # type: ignore[no-any-return]
-
-    def keep(self) -> UploadInfo:
-        return self._run("keep")  # type: ignore[no-any-return]
-
-    def discard(self) -> UploadInfo:
-        return self._run("discard")  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self._run("close")
+        if name == "write_pieces":
+            watch.writing.set()
+            if not watch.gate.wait(60):
+                raise AssertionError("the test never opened the gate")
+            if watch.fail_held_write:
+                watch.fail_held_write = False
+                raise OSError(errno.EIO, "injected: the disk failed this block")
 
 
-class Watch:
+class Watch(CallCounter):
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.active = 0
-        self.most_at_once = 0
+        super().__init__()
         self.writing = threading.Event()
         self.gate = threading.Event()
         self.gate.set()

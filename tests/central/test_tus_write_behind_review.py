@@ -23,7 +23,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,12 @@ from cryptography.x509.oid import NameOID
 
 from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.tus import add_tus_routes
-from edge.central.tus_store import ChunkChecksum, TusUploadStore, UploadInfo, UploadWrite
+from edge.central.tus_store import ChunkChecksum, TusUploadStore
 from tests.central.tus_fixtures import (
     BASE_PATH,
     STATION_HEADER,
+    CallCounter,
+    CountedWrite,
     SignallingStore,
     identify_by_header,
     read_response,
@@ -53,11 +55,9 @@ OCTET = "application/offset+octet-stream"
 STATION = "station-a"
 
 
-class Watch:
+class Watch(CallCounter):
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.active = 0
-        self.most_at_once = 0
+        super().__init__()
         self.writing = threading.Event()  # a write_pieces call is held at its gate
         self.write_gate = threading.Event()
         self.write_gate.set()
@@ -69,60 +69,25 @@ class Watch:
         self.end_calls = 0  # keep or discard: the handler ended the request's write
 
 
-class HeldWrite:
+class HeldWrite(CountedWrite):
     """An upload's write handle that counts its calls running at once and can hold a write or a discard."""
 
-    def __init__(self, inner: UploadWrite, watch: Watch) -> None:
-        self._inner = inner
-        self._watch = watch
-
-    upload_id = property(lambda self: self._inner.upload_id)
-    offset = property(lambda self: self._inner.offset)
-    length = property(lambda self: self._inner.length)
-    info = property(lambda self: self._inner.info)
-
-    def _run(self, name: str, *args: Any) -> Any:
+    def _before(self, name: str) -> None:
         watch = self._watch
-        with watch.lock:
-            watch.active += 1
-            watch.most_at_once = max(watch.most_at_once, watch.active)
-        try:
-            if name == "write_pieces" and not watch.write_gate.is_set():
-                watch.writing.set()
-                if not watch.write_gate.wait(60):
-                    raise AssertionError("the test never opened the write gate")
-                if watch.fail_held_write:
-                    watch.fail_held_write = False
-                    raise OSError(errno.EIO, "injected: the disk failed this block")
-            if name in ("keep", "discard"):
-                watch.end_calls += 1
-            if name == "discard":
-                watch.discard_calls += 1
-                watch.discarding.set()
-                if not watch.discard_gate.wait(60):
-                    raise AssertionError("the test never opened the discard gate")
-            return getattr(self._inner, name)(*args)
-        finally:
-            with watch.lock:
-                watch.active -= 1
-
-    def write(self, data: bytes) -> None:
-        self._run("write", data)
-
-    def write_pieces(self, pieces: Sequence[bytes]) -> None:
-        self._run("write_pieces", pieces)
-
-    def finish(self) -> UploadInfo:
-        return self._run("finish")  # type: ignore[no-any-return]
-
-    def keep(self) -> UploadInfo:
-        return self._run("keep")  # type: ignore[no-any-return]
-
-    def discard(self) -> UploadInfo:
-        return self._run("discard")  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self._run("close")
+        if name == "write_pieces" and not watch.write_gate.is_set():
+            watch.writing.set()
+            if not watch.write_gate.wait(60):
+                raise AssertionError("the test never opened the write gate")
+            if watch.fail_held_write:
+                watch.fail_held_write = False
+                raise OSError(errno.EIO, "injected: the disk failed this block")
+        if name in ("keep", "discard"):
+            watch.end_calls += 1
+        if name == "discard":
+            watch.discard_calls += 1
+            watch.discarding.set()
+            if not watch.discard_gate.wait(60):
+                raise AssertionError("the test never opened the discard gate")
 
 
 class HeldStore(SignallingStore):

@@ -193,3 +193,59 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class CallCounter:
+    """What :class:`CountedWrite` counts: the calls on one upload running at once, and the most seen."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most_at_once = 0
+
+
+class CountedWrite:
+    """An upload's write handle that counts its calls running at once (two threads must never touch one
+    upload) and lets a test hold or fail a call in :meth:`_before`."""
+
+    def __init__(self, inner: UploadWrite, watch: Any) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    upload_id = property(lambda self: self._inner.upload_id)
+    offset = property(lambda self: self._inner.offset)
+    length = property(lambda self: self._inner.length)
+    info = property(lambda self: self._inner.info)
+
+    def _before(self, name: str) -> None:
+        """Runs inside the counted call, before the real one: a test's hold or injected failure."""
+
+    def _run(self, name: str, *args: Any) -> Any:
+        watch = self._watch
+        with watch.lock:
+            watch.active += 1
+            watch.most_at_once = max(watch.most_at_once, watch.active)
+        try:
+            self._before(name)
+            return getattr(self._inner, name)(*args)
+        finally:
+            with watch.lock:
+                watch.active -= 1
+
+    def write(self, data: bytes) -> None:
+        self._run("write", data)
+
+    def write_pieces(self, pieces: Sequence[bytes]) -> None:
+        self._run("write_pieces", pieces)
+
+    def finish(self) -> UploadInfo:
+        return self._run("finish")  # type: ignore[no-any-return]
+
+    def keep(self) -> UploadInfo:
+        return self._run("keep")  # type: ignore[no-any-return]
+
+    def discard(self) -> UploadInfo:
+        return self._run("discard")  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._run("close")
