@@ -33,6 +33,10 @@ pytestmark = pytest.mark.usefixtures("ffmpeg")
 STOPPED_S = 15.0
 WINDOW_S = 6.0
 SLACK_S = 3.0  # listing latency, an encoder's lookahead, a loaded machine
+# Right after it runs again the composite also renders what waited in the pipes and its own input buffers
+# while it was stopped (some seconds of picture; 10.0 measured once in a full run on a loaded machine). The
+# backlog this guards against is STOPPED_S + WINDOW_S (21 s) of stream in the window.
+RESUME_SLACK_S = 6.0
 
 
 def _ns(text: str) -> int:
@@ -77,6 +81,6 @@ async def test_the_composite_never_burns_a_later_clock_into_pictures_it_rendered
             if e.data["state"] == "closed"]
     # Control: in step, the composite renders about as many stream seconds as station seconds pass.
     assert in_step <= WINDOW_S + SLACK_S, (in_step, after_stop, gaps)
-    # FAILS today: in the seconds after it runs again it renders the whole backlog (about STOPPED_S more
+    # Without the fix, in the seconds after it runs again it rendered the whole backlog (about STOPPED_S more
     # stream seconds than station seconds), each of those pictures under the clock of its rendering.
-    assert after_stop <= WINDOW_S + SLACK_S, (in_step, after_stop, gaps)
+    assert after_stop <= WINDOW_S + RESUME_SLACK_S < STOPPED_S + WINDOW_S, (in_step, after_stop, gaps)
