@@ -654,6 +654,11 @@ class Gb28181DownloadSection(StrictModel):
     max_recording_mb: int = Field(
         8192, ge=1, le=1_048_576, description="A recording larger than this is cut off and reported",
     )
+    unlisted_recording_mb: int = Field(
+        256, ge=1, le=1_048_576, description="What a download books on the spool's disk for a recording its "
+        "device listed no FileSize for (max_recording_mb when larger): two downloads at once never count on "
+        "the same free bytes",
+    )
     concurrency: int = Field(2, ge=1, le=64, description="Downloads at once over the whole station")
 
     @model_validator(mode="after")

@@ -75,7 +75,9 @@ read as each write is handed to the worker, before the worker reads the free spa
 beyond that reserve, the rooms recording, issue 11, and what other writers that can wait booked, passed
 their own check for (a booking still to be judged may be refused: review revs13a) and have still to write, a
 docking copy, a disc export, another download's copy into the store, so the download does not take the bytes
-their own checks counted on; the guard is on with either; with `min_free_bytes` 0 it keeps no
+their own checks counted on; or, for a download that booked its own bytes (`space`, a `ReceiverSpace`:
+edge.sources.gb28181.download_space), what that booking's rules say instead, its own booking never, each
+write lowering it; the guard is on with any of them; with `min_free_bytes` 0 it keeps no
 `ROOM_PER_RECEIVED_BYTE` rule, only what `kept_free()` says (`room_per_received_byte`); a write refused for
 a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26, also the write in flight as the session ends;
 the outcome's `write_refused` names the errno and `write_refused_free_bytes` what statvfs showed just after,
@@ -181,6 +183,9 @@ def room_per_received_byte(min_free_bytes: int) -> int:
     return ROOM_PER_RECEIVED_BYTE if min_free_bytes else 0
 # The most of one recording a download takes by default (`max_bytes`: [gb28181.download] max_recording_mb).
 DEFAULT_MAX_RECORDING_BYTES = 8 * 1024 * 1024 * 1024
+# What a download books for a recording its device listed no FileSize for ([gb28181.download]
+# unlisted_recording_mb: edge.sources.gb28181.download_space).
+DEFAULT_UNLISTED_RECORDING_BYTES = 256 * 1024 * 1024
 
 
 class SpaceTaken(Protocol):
@@ -193,6 +198,20 @@ class SpaceTaken(Protocol):
     @property
     def said(self) -> str:
         """Who, for the guard's reason ("" when nothing is taken)."""
+        ...
+
+
+class ReceiverSpace(Protocol):
+    """A download's own booking on the raw PS's disk (edge.sources.gb28181.download_space): the guard keeps
+    free what `taken` says, instead of `kept_free()` (never the download's own booking: the guard keeps its
+    own room by `min_free_bytes` and `ROOM_PER_RECEIVED_BYTE`), and each write's bytes lower the booking."""
+
+    def taken(self, received: int) -> SpaceTaken:
+        """What other writers hold or booked that this download, `received` bytes in, keeps free."""
+        ...
+
+    def wrote(self, count: int) -> None:
+        """`count` more bytes of the raw PS are on the disk (in its free figure from now on)."""
         ...
 
 
@@ -724,6 +743,7 @@ class MediaReceiver:
         sink: Callable[[bytes], None] | None = None,
         min_free_bytes: int = 0,
         kept_free: Callable[[], SpaceTaken] | None = None,
+        space: ReceiverSpace | None = None,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
@@ -748,8 +768,10 @@ class MediaReceiver:
         self._max_buffered = max_buffered_bytes
         self._min_free_bytes = min_free_bytes
         self._kept_free = kept_free  # read on the loop at each write: the holders and bookings come and go
-        self._guarded = bool(min_free_bytes) or kept_free is not None
+        self._space = space  # a download's own booking: what it keeps free instead of `kept_free()`
+        self._guarded = bool(min_free_bytes) or kept_free is not None or space is not None
         self._taken_at_flush: SpaceTaken | None = None  # what `kept_free()` said as the write in flight began
+        self._flight_bytes = 0  # the size of the write in flight
         window = reorder_window if transport is MediaTransport.UDP else 1
         self._reorder = ReorderBuffer(window=window)
         self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
@@ -1135,7 +1157,11 @@ class MediaReceiver:
         chunk, self._pending = self._pending, bytearray()
         # Read before the worker reads the free space (edge.ingest.kept_space): a booking written meanwhile
         # is in the free figure by then, so it is never missed, at worst counted twice.
-        self._taken_at_flush = None if self._kept_free is None else self._kept_free()
+        if self._space is not None:
+            self._taken_at_flush = self._space.taken(self._counters.bytes)
+        else:
+            self._taken_at_flush = None if self._kept_free is None else self._kept_free()
+        self._flight_bytes = len(chunk)
         flight = self._loop.run_in_executor(None, _flush_measured, self._fd, chunk, self._raw_directory)
         self._flight = flight
         flight.add_done_callback(self._flushed)
@@ -1166,6 +1192,8 @@ class MediaReceiver:
                 self._ended = _write_failure_reason(exc)
                 self._detail = self._write_failed
             return
+        if self._space is not None:
+            self._space.wrote(self._flight_bytes)
         received = self._counters.bytes
         taken = self._taken_at_flush
         kept = 0 if taken is None else taken.bytes
@@ -1305,6 +1333,7 @@ async def open_receiver(
     sink: Callable[[bytes], None] | None = None,
     min_free_bytes: int = 0,
     kept_free: Callable[[], SpaceTaken] | None = None,
+    space: ReceiverSpace | None = None,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
@@ -1340,7 +1369,7 @@ async def open_receiver(
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
         time_limit_s=time_limit_s, progress_window_s=progress_window_s, min_progress_s=min_progress_s,
         clock=clock, reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
-        min_free_bytes=min_free_bytes, kept_free=kept_free,
+        min_free_bytes=min_free_bytes, kept_free=kept_free, space=space,
     )
     try:
         await receiver._start()

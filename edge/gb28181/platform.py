@@ -114,7 +114,12 @@ from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
 from edge.gb28181.address_moves import AddressMoves
-from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES, UdpReceiveBuffer, probe_udp_receive_buffer
+from edge.gb28181.media import (
+    DEFAULT_MAX_RECORDING_BYTES,
+    DEFAULT_UNLISTED_RECORDING_BYTES,
+    UdpReceiveBuffer,
+    probe_udp_receive_buffer,
+)
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
@@ -192,6 +197,7 @@ class PlatformSettings:
     media_port_range: tuple[int, int] = (30000, 30999)
     idle_timeout_s: float = 15.0
     max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES
+    unlisted_recording_bytes: int = DEFAULT_UNLISTED_RECORDING_BYTES
 
     @classmethod
     def from_config(cls, section: Any, env: dict[str, str] | None = None) -> PlatformSettings:
@@ -214,6 +220,7 @@ class PlatformSettings:
             media_port_range=(download.media_port_min, download.media_port_max),
             idle_timeout_s=download.idle_timeout_s,
             max_recording_bytes=download.max_recording_mb * 1024 * 1024,
+            unlisted_recording_bytes=download.unlisted_recording_mb * 1024 * 1024,
         )
 
 
@@ -1005,13 +1012,15 @@ class GbPlatform:
         return await self.sessions.start(req, destination)
 
     async def download(self, device_id: str, channel_id: str, start: datetime | str, end: datetime | str,
-                       raw_path: Path, *, transport: str, speed: int | None) -> SessionResult:
+                       raw_path: Path, *, transport: str, speed: int | None,
+                       space: Any = None) -> SessionResult:
         """One recording, start to end: INVITE s=Download into a receiver writing `raw_path`, until
         MediaStatus 121, BYE, or the media ending. Times as RecordInfo gave them (device-local). What the
-        ingest source's `start_download` seam needs: `result.outcome` and `result.facts()`."""
+        ingest source's `start_download` seam needs: `result.outcome` and `result.facts()`. `space`: the
+        download's own booking (edge.gb28181.media `ReceiverSpace`), for its receiver's guard."""
         session = await self.start_session(MediaRequest(
             device_id, channel_id, SessionKind.DOWNLOAD, transport, raw_path, self.device_time_to_unix(start),
-            self.device_time_to_unix(end), speed=speed,
+            self.device_time_to_unix(end), speed=speed, space=space,
         ))
         result = await session.wait()
         # The offset of the clock that stamped the recording (it may have been set since), or why unknown.

@@ -104,7 +104,8 @@ class OpenReceiver(Protocol):
                  raw_path: Path | None, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
                  max_media_span_s: float | None, time_limit_s: float | None, progress_window_s: float | None,
                  min_progress_s: float | None,
-                 sink: Callable[[bytes], None] | None = None) -> Awaitable[MediaReceiver]: ...
+                 sink: Callable[[bytes], None] | None = None,
+                 space: Any = None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -165,7 +166,8 @@ class SessionError(Exception):
 @dataclass(frozen=True)
 class MediaRequest:
     """What to ask a device for. Times are Unix seconds (history only). `sink` (live Play, edge.gb28181.live)
-    gets the PS bytes as they are taken, with `raw_path` None (no file) or beside it."""
+    gets the PS bytes as they are taken, with `raw_path` None (no file) or beside it. `space`: a download's
+    own booking on the raw PS's disk (edge.gb28181.media `ReceiverSpace`), passed to the receiver."""
 
     device_id: str
     channel_id: str
@@ -176,6 +178,7 @@ class MediaRequest:
     end_time: int = 0
     speed: int | None = None
     sink: Callable[[bytes], None] | None = None
+    space: Any = None
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,9 @@ class SessionManager:
         ssrc = self._next_ssrc(history)
         bounds = session_bounds(req.kind, req.start_time, req.end_time, req.speed)
         # Passed only when there is one, so a receiver without the hook still serves downloads.
-        sink = {} if req.sink is None else {"sink": req.sink}
+        hooks: dict[str, Any] = {} if req.sink is None else {"sink": req.sink}
+        if req.space is not None:
+            hooks["space"] = req.space
         try:
             # Media only from the host the device registered from (its REGISTER passed digest; the answer's
             # c= is the device's claim, a private address behind a NAT), from the moment the port is open.
@@ -352,7 +357,7 @@ class SessionManager:
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
                 expected_peer_host=device.host, max_media_span_s=bounds.max_media_span_s,
                 time_limit_s=bounds.time_limit_s, progress_window_s=bounds.progress_window_s,
-                min_progress_s=bounds.min_progress_s, **sink,
+                min_progress_s=bounds.min_progress_s, **hooks,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc

@@ -213,7 +213,11 @@ class KeptSpace:
         """What the groups hold now and every admitted booking's bytes still to write (read before the free
         space it is set against, as a booking's check does; a booking its check has still to judge is not
         counted: it may be refused). From any thread."""
-        booked = [b for b in self.booked() if b.remaining and b.admitted]
+        return self.held_and([b for b in self.booked() if b.admitted])
+
+    def held_and(self, bookings: Sequence[Booking]) -> HeldOrBooked:
+        """What the groups hold now and `bookings` (read before, a snapshot) have still to write."""
+        booked = [b for b in bookings if b.remaining]
         held = [kept for kept in self.now() if kept.bytes]
         said = [f"{kept.bytes} held for {kept.what}" for kept in held]
         if booked:

@@ -86,6 +86,7 @@ from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
 from edge.gb28181.media import (
     DEFAULT_MAX_RECORDING_BYTES,
+    DEFAULT_UNLISTED_RECORDING_BYTES,
     ROOM_PER_RECEIVED_BYTE,
     EndReason,
     MediaOutcome,
@@ -93,6 +94,7 @@ from edge.gb28181.media import (
     shows_room,
 )
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
+from edge.sources.gb28181.download_space import DOWNLOAD_BOOKING, DownloadSpace
 from edge.sources.gb28181.give_up_span import (
     GIVE_UP_AFTER_S,
     FailingSpan,
@@ -148,8 +150,10 @@ FAILED_PROBLEM = "download-failed"
 IDENTITY_PROBLEM = "reused-identity"
 STORE_FULL_PROBLEM = "store-below-reserve"
 STORE_TIGHT_PROBLEM = "store-tight"
-# Room assumed for a recording the station's disk guard cut short when its device listed no FileSize.
-UNLISTED_SIZE_MARGIN_BYTES = 256 * 1024 * 1024
+STORE_BOOKED_PROBLEM = "store-booked"  # refused up front: others hold or booked the room it needs
+# Room assumed for a recording its device listed no FileSize for (a download's booking, and a retry of one
+# the station's disk guard cut short): the default of [gb28181.download] unlisted_recording_mb.
+UNLISTED_SIZE_MARGIN_BYTES = DEFAULT_UNLISTED_RECORDING_BYTES
 # Free space a download needs per byte of the recording: the raw PS itself, and the receiver's guard
 # (edge.gb28181.media `_flushed`), which measures after writing it, keeps ROOM_PER_RECEIVED_BYTE more
 # (none with [offload] min_free_bytes = 0: `room_per_byte_downloaded`).
@@ -380,6 +384,12 @@ class StoreBelowReserve(PassEnded):
     fill the spool on that disk only for its copy to be refused, so the pass ends (review 22)."""
 
 
+class SpaceBooked(StoreBelowReserve):
+    """The space a download needs is held or booked by other writers (another download, a docking copy, a
+    room recording: edge.sources.gb28181.download_space): refused up front, the pass ends, the recording
+    stays on its device for a later pass."""
+
+
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
 
 
@@ -414,6 +424,7 @@ class GbDownloads:
         try_times: TryTimes | None = None,
         pass_failures: PassFailures | None = None,
         max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES,
+        unlisted_recording_bytes: int = UNLISTED_SIZE_MARGIN_BYTES,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
@@ -424,6 +435,14 @@ class GbDownloads:
         if max_recording_bytes <= 0:
             raise ValueError("max_recording_bytes must be positive")
         self.max_recording_bytes = max_recording_bytes  # the receiver's max_bytes ([..] max_recording_mb)
+        if unlisted_recording_bytes <= 0:
+            raise ValueError("unlisted_recording_bytes must be positive")
+        # What a recording listed without a FileSize is taken to be ([..] unlisted_recording_mb), at most
+        # what the receiver takes.
+        self.unlisted_recording_bytes = min(unlisted_recording_bytes, max_recording_bytes)
+        # The booking of the download in progress (one at a time), for its receiver's guard (the scheduler's
+        # `start_download` passes it to the platform): edge.sources.gb28181.download_space.
+        self.booked_space: DownloadSpace | None = None
         # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
         # summary written at the pass's end); alone, each call is a pass of its own.
         self._own_pass = pass_failures is None
@@ -467,7 +486,7 @@ class GbDownloads:
                     report.waiting_for_room.append(ref)
                     continue
                 ingested = len(report.ingested)
-                failure = await self._one(ref, report, attempt=attempt)
+                failure = await self._one(ref, report, attempt=attempt, earlier=earlier)
             except PassEnded as exc:
                 report.stopped = exc  # what was done so far stays counted
                 break
@@ -578,7 +597,7 @@ class GbDownloads:
         taken = self.pipeline.kept_space.held_or_booked()
         kept, held = taken.bytes, f" and {taken.said}" if taken.bytes else ""
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
-        assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        assumed = self.unlisted_recording_bytes if listed is None else listed
         received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
                         and d.received_bytes is not None), default=None)
         size = assumed if received is None else max(assumed, received + 1)
@@ -649,11 +668,80 @@ class GbDownloads:
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, last, data))
 
-    async def _one(self, ref: RecordingRef, report: DownloadReport, *, attempt: int) -> str | None:
+    def expected_bytes(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> int:
+        """What a download of `ref` is expected to write: its listed FileSize (none, or not positive: the
+        configured `unlisted_recording_bytes`), no less than one byte more than an earlier copy the
+        station's disk guard cut short received, at most `max_recording_bytes` (what the receiver takes)."""
+        listed = ref.file_size_bytes
+        size = listed if listed is not None and listed > 0 else self.unlisted_recording_bytes
+        received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
+                        and d.received_bytes is not None), default=None)
+        if received is not None:
+            size = max(size, received + 1)
+        return min(size, self.max_recording_bytes)
+
+    async def _transfer(self, ref: RecordingRef, raw: Path, earlier: Sequence[SealedDownload],
+                        report: DownloadReport) -> Transfer:
+        """The download's session, its expected bytes booked for as long as it runs (given up however it
+        ends), refused up front (`SpaceBooked`) when others hold or booked the room it needs."""
+        kept_space = self.pipeline.kept_space
+        expected = self.expected_bytes(ref, earlier)
+        per_byte = room_per_byte_downloaded(self.pipeline.settings.min_free_bytes)
+        with kept_space.booking_for(DOWNLOAD_BOOKING, shown_recording(ref), per_byte * expected) as booking:
+            space = DownloadSpace(kept_space, booking, expected)
+            await self._booked_or_refused(ref, space, per_byte, report)
+            self.booked_space = space
+            try:
+                return await self.start_download(ref, raw)
+            finally:
+                self.booked_space = None
+
+    async def _booked_or_refused(self, ref: RecordingRef, space: DownloadSpace, per_byte: int,
+                                 report: DownloadReport) -> None:
+        """The download's check (edge.sources.gb28181.download_space): the spool's disk must keep the
+        store's reserve, what the groups hold and the bookings made before this one, plus this one's. Passed,
+        the booking is admitted; else one `error` entry of stage `store` naming what holds the space (limited
+        like the listing's problems) and `SpaceBooked`: the recording stays on the device, the pass ends."""
+        kept_space = self.pipeline.kept_space
+        reserve = self.pipeline.settings.min_free_bytes
+        booked = space.booking.remaining
+        taken = space.taken(0)  # read before the free space it is set against
+        try:
+            available = await asyncio.to_thread(free_bytes, self.source.spool)
+        except OSError:
+            kept_space.admit(space.booking)
+            return  # the spool's own error is the download's (the receiver cannot create its file)
+        needed = reserve + taken.bytes + booked
+        if available >= needed:
+            kept_space.admit(space.booking)  # counted by writers that book nothing from now on
+            return
+        report.waiting_for_room.append(ref)
+        shown = shown_recording(ref)
+        held = f", {taken.said}" if taken.bytes else ""
+        sealing = " and the room to seal it" if per_byte > 1 else ""
+        reason = (f"the disk holding the download spool has {available} bytes free, below the {needed} this "
+                  f"download needs (the store's reserve of {reserve}{held}, plus {per_byte} times the "
+                  f"{space.expected_bytes} bytes it is expected to write: the raw PS itself{sealing}): not "
+                  "started, the recording stays on the device and is downloaded at a later pass once there "
+                  "is room")
+        extra = self.problems.seen(STORE_BOOKED_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
+        if extra is not None:
+            data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
+                    "channel_id": display_text(ref.channel_id, 64), "original": shown,
+                    "recording": ref.described(), "reason": reason, "free_bytes": available,
+                    "needed_bytes": needed, "held_or_booked_bytes": taken.bytes,
+                    "held_or_booked": taken.said, **extra}
+            log.error("gb28181 %s: %s: %s", display_text(ref.device_id, 64), shown, reason)
+            repository = self.pipeline.repository
+            await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        raise SpaceBooked(f"{shown}: {reason}")
+
+    async def _one(self, ref: RecordingRef, report: DownloadReport, *, attempt: int,
+                   earlier: Sequence[SealedDownload] = ()) -> str | None:
         raw = self.source.spool / f"download-{uuid.uuid4().hex}.ps"
         shown = shown_recording(ref)
         try:
-            transfer = await self.start_download(ref, raw)
+            transfer = await self._transfer(ref, raw, earlier, report)
         except PassEnded:
             raw.unlink(missing_ok=True)
             raise

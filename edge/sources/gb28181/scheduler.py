@@ -63,13 +63,14 @@ from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
-from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES
+from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES, DEFAULT_UNLISTED_RECORDING_BYTES
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import MAX_CLOCK_OFFSET_S, wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
+from edge.sources.gb28181.download_space import DownloadSpace
 from edge.sources.gb28181.downloads import (
     DeviceGone,
     FailedPasses,
@@ -600,13 +601,16 @@ class GbDownloadScheduler:
         self.spool.mkdir(mode=0o700, exist_ok=True)
         source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
                               station_clock_synchronised=self._clock_trusted())
-        downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
+        # The download in progress's booking (one at a time per device), for its receiver's guard.
+        start_download = self._start_download(device_id, progress, lambda: downloads.booked_space)
+        downloads = GbDownloads(pipeline, source, start_download,
                                 problems=self.problems, failed_passes=self.failed_passes,
                                 try_times=self.try_times,
                                 pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes,
-                                max_recording_bytes=self._max_recording_bytes())
+                                max_recording_bytes=self._max_recording_bytes(),
+                                unlisted_recording_bytes=self._unlisted_recording_bytes())
         try:
             await self._channel_passes(pipeline, device_id, progress, downloads, ranges)
         finally:
@@ -979,13 +983,22 @@ class GbDownloadScheduler:
         limit = getattr(settings, "max_recording_bytes", None)
         return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_RECORDING_BYTES
 
+    def _unlisted_recording_bytes(self) -> int:
+        """What a download books for a recording listed without a FileSize ([gb28181.download]
+        unlisted_recording_mb)."""
+        settings = getattr(self.platform, "settings", None)
+        size = getattr(settings, "unlisted_recording_bytes", None)
+        return size if isinstance(size, int) and size > 0 else DEFAULT_UNLISTED_RECORDING_BYTES
+
     def _clock_offset_ms(self, device_id: str) -> int | None:
         device = self.platform.registry.get(device_id)
         if device is None or device.clock_offset_s is None:
             return None
         return round(device.clock_offset_s * 1000)
 
-    def _start_download(self, device_id: str, progress: DeviceProgress) -> Callable[..., Any]:
+    def _start_download(self, device_id: str, progress: DeviceProgress,
+                        booked_space: Callable[[], DownloadSpace | None] = lambda: None,
+                        ) -> Callable[..., Any]:
         async def start_download(ref: RecordingRef, raw_path: Path) -> Transfer:
             self._ensure_online(device_id)  # offline: the pass ends, nothing is recorded as failed
             self._ensure_window()
@@ -996,7 +1009,8 @@ class GbDownloadScheduler:
                 try:
                     result = await self.platform.download(
                         device_id, ref.channel_id, ref.start_time, ref.end_time, raw_path,
-                        transport=self.policy.transport_for(device_id), speed=self.policy.speed)
+                        transport=self.policy.transport_for(device_id), speed=self.policy.speed,
+                        space=booked_space())
                 except SessionError:
                     self._ensure_online(device_id)
                     raise

@@ -1,0 +1,61 @@
+"""A GB/T 28181 download's booking in the store's one booking ledger (edge.ingest.kept_space).
+
+Two downloads at once (two devices, `[gb28181.download] concurrency`) used to pass their look at the disk on
+the same free bytes, and one was cut `disk-full` partway once the disk filled: a partial copy, and a 4G
+uplink's bandwidth wasted. So a download books, before its check, what it expects to take of the spool's
+disk (`booked_bytes`): the recording's expected size (`expected_bytes`: its listed FileSize, else
+`[gb28181.download] unlisted_recording_mb`; no less than one byte more than an earlier copy the station's
+disk guard cut short received; at most `max_recording_mb`, the most the receiver takes) times the room the
+receiver's guard keeps per byte (edge.sources.gb28181.downloads `room_per_byte_downloaded`: the raw PS
+itself and, with a reserve, `ROOM_PER_RECEIVED_BYTE` more to seal it). Its check counts the bookings made
+before its own (`KeptSpace.booked_before`, admitted or not) and what the groups hold (the rooms recording);
+passed, the booking is admitted (writers that book nothing count it from then on), else the download is
+refused up front (edge.sources.gb28181.downloads `_booked_or_refused`).
+
+While it runs, its receiver's guard (edge.gb28181.media, `ReceiverSpace`) keeps free what `taken` says:
+the groups' space and the bookings made before its own, the same its check counted, never its own (the
+guard keeps the download's own room itself) nor a later writer's (that one passed its check counting this
+booking). Each write lowers the booking by the bytes written (they are in the free figure from then on);
+what stays booked at the end is the room to seal what came. A download that receives more than it expected
+(a FileSize listed too small, an estimate too low) has passed its booking: from then on its guard keeps
+free every admitted booking too, later ones included, as a writer that books nothing does, so a device
+listing a small size takes no space another writer's check counted on. A device listing an absurd size
+(larger than the disk) is refused at its own check, and until then its booking is not admitted: no writer
+that books nothing counts it, and a booking writer after it at most waits (review revs13a's rule).
+
+The booking is given up when the transfer ends, however it ends (`KeptSpace.booking_for`), before the
+copy into the store books its own (edge.sources.gb28181.recordings `ingest_download`). Known limit: a
+transfer that stops making progress holds its booking until the receiver ends it (its idle timeout, its
+stall rule or its hard cap: edge.gb28181.media `time-limit`), so a stuck download's booking lasts no longer
+than its session, but as long as that.
+"""
+
+from __future__ import annotations
+
+from edge.gb28181.media import SpaceTaken
+from edge.ingest.kept_space import Booking, KeptSpace
+
+# The kind of a download's booking, as a refusal counts it ("1 download(s) in progress ...").
+DOWNLOAD_BOOKING = "download"
+
+
+class DownloadSpace:
+    """One download's booking, for its receiver's guard (edge.gb28181.media `ReceiverSpace`)."""
+
+    def __init__(self, kept_space: KeptSpace, booking: Booking, expected_bytes: int) -> None:
+        self._kept_space = kept_space
+        self.booking = booking
+        self.expected_bytes = expected_bytes  # the recording's size as known: past it, the booking is passed
+
+    def taken(self, received: int) -> SpaceTaken:
+        """What the guard keeps free beyond the reserve, `received` bytes in (see the module docstring)."""
+        own = self.booking.order
+        if received <= self.expected_bytes:
+            others = self._kept_space.booked_before(self.booking)
+        else:
+            others = [b for b in self._kept_space.booked()
+                      if b.order != own and (b.order < own or b.admitted)]
+        return self._kept_space.held_and(others)
+
+    def wrote(self, count: int) -> None:
+        self._kept_space.wrote(self.booking, count)
