@@ -151,7 +151,12 @@ class HonestDevice:
         """Hook: the session is over, its copy not yet sealed."""
 
     async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
-        buffered = {} if self.max_buffered_bytes is None else {"max_buffered_bytes": self.max_buffered_bytes}
+        buffered: dict[str, object] = {} if self.max_buffered_bytes is None else {
+            "max_buffered_bytes": self.max_buffered_bytes}
+        # The download's own booking, as the station's platform passes it (edge.sources.gb28181.scheduler).
+        downloads = _DOWNLOADS_OF_SPOOL.get(raw_path.parent)
+        if downloads is not None and downloads.booked_space is not None:
+            buffered["space"] = downloads.booked_space
         receiver = await receiver_keeping_free(RESERVE, kept_free=self.kept_free)(
             MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=self.ports, ssrc=self.ssrc,
             raw_path=raw_path, idle_timeout_s=self.idle_timeout_s, max_bytes=1 << 30, expected_peer_host=None,
@@ -200,9 +205,17 @@ async def station_downloads(tmp_path: Path, spool: Path, start_download: StartDo
         source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
         pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
         tries = None if clock is None else TryTimes(clock.wall, clock.monotonic)
-        yield GbDownloads(pipeline, source, start_download, try_times=tries)
+        downloads = GbDownloads(pipeline, source, start_download, try_times=tries)
+        _DOWNLOADS_OF_SPOOL[spool] = downloads
+        yield downloads
     finally:
+        _DOWNLOADS_OF_SPOOL.pop(spool, None)
         store.close()
+
+
+# The rig's downloads by their spool: a device's receiver gets the download's booking from them, as the
+# station's scheduler passes it to the platform.
+_DOWNLOADS_OF_SPOOL: dict[Path, GbDownloads] = {}
 
 
 def new_spool(tmp_path: Path) -> Path:
