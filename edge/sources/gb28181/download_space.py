@@ -9,19 +9,26 @@ disk guard cut short received; at most `max_recording_mb`, the most the receiver
 receiver's guard keeps per byte (edge.sources.gb28181.downloads `room_per_byte_downloaded`: the raw PS
 itself and, with a reserve, `ROOM_PER_RECEIVED_BYTE` more to seal it). Its check counts the bookings made
 before its own (`KeptSpace.booked_before`, admitted or not) and what the groups hold (the rooms recording);
-passed, the booking is admitted (writers that book nothing count it from then on), else the download is
-refused up front (edge.sources.gb28181.downloads `_booked_or_refused`).
+passed, the booking is admitted (writers that book nothing count it from then on). Failed where the disk
+would hold it but for the bookings before it, the download is refused up front (edge.sources.gb28181.downloads
+`_booked_or_refused`): the others still need that space. Failed where the disk is short of its own size
+whatever others booked (a FileSize listed in bits, stale or false: reviews 26 and 28 keep such a size from
+refusing a recording for ever), it goes on as before downloads booked: it books nothing (`book_nothing`),
+its guard keeps every admitted booking free, and the guard cuts it should the disk fill (then
+edge.sources.gb28181.downloads `_tight_for` decides its retries).
 
 While it runs, its receiver's guard (edge.gb28181.media, `ReceiverSpace`) keeps free what `taken` says:
-the groups' space and the bookings made before its own, the same its check counted, never its own (the
+the groups' space and the bookings made before its own, the same its check counted (one that books nothing:
+every admitted booking), never its own (the
 guard keeps the download's own room itself) nor a later writer's (that one passed its check counting this
 booking). Each write lowers the booking by the bytes written (they are in the free figure from then on);
 what stays booked at the end is the room to seal what came. A download that receives more than it expected
 (a FileSize listed too small, an estimate too low) has passed its booking: from then on its guard keeps
 free every admitted booking too, later ones included, as a writer that books nothing does, so a device
 listing a small size takes no space another writer's check counted on. A device listing an absurd size
-(larger than the disk) is refused at its own check, and until then its booking is not admitted: no writer
-that books nothing counts it, and a booking writer after it at most waits (review revs13a's rule).
+(larger than the disk) fails its own check: it is never admitted, so no writer that books nothing counts it
+(review revs13a's rule), a booking writer after it at most waits for its check, and it goes on booking
+nothing, or is refused while others' bookings hold the disk.
 
 The booking is given up when the transfer ends, however it ends (`KeptSpace.booking_for`), before the
 copy into the store books its own (edge.sources.gb28181.recordings `ingest_download`). Known limit: a
@@ -46,11 +53,24 @@ class DownloadSpace:
         self._kept_space = kept_space
         self.booking = booking
         self.expected_bytes = expected_bytes  # the recording's size as known: past it, the booking is passed
+        self.passed = False  # its check passed (`pass_check`); else it books nothing (`book_nothing`)
+
+    def pass_check(self) -> None:
+        """Its check passed: the booking is admitted (writers that book nothing count it from now on)."""
+        self.passed = True
+        self._kept_space.admit(self.booking)
+
+    def book_nothing(self) -> None:
+        """It goes on without a booking (the disk is short of its own size, not of others' bookings): as
+        before downloads booked, its guard keeps every admitted booking free."""
+        self._kept_space.set_remaining(self.booking, 0)
 
     def taken(self, received: int) -> SpaceTaken:
         """What the guard keeps free beyond the reserve, `received` bytes in (see the module docstring)."""
         own = self.booking.order
-        if received <= self.expected_bytes:
+        if not self.passed:
+            others = [b for b in self._kept_space.booked() if b.order != own and b.admitted]
+        elif received <= self.expected_bytes:
             others = self._kept_space.booked_before(self.booking)
         else:
             others = [b for b in self._kept_space.booked()
