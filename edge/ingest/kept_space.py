@@ -27,9 +27,13 @@ still queued gives it up at once (the work, should it start, writes nothing), an
 work runs leaves it to the worker (the bytes are still being written), which stops at its next chunk.
 
 A writer that can wait and books nothing, because it measures the disk after each write instead (a GB/T
-28181 download's media receiver: edge.gb28181.media), keeps free what the groups hold and every admitted
-booking (:meth:`KeptSpace.held_or_booked`): the bookings are all other writers', since a download's own copy
-into the store books only once its receiver has closed (edge.sources.gb28181.recordings `ingest_download`).
+28181 media receiver without a booking of its own: edge.gb28181.media), keeps free what the groups hold and
+every admitted booking (:meth:`KeptSpace.held_or_booked`). A GB/T 28181 download books what it expects to
+write before it starts (edge.sources.gb28181.download_space, review gbbook: two downloads at once passed
+their checks on the same free bytes and one was cut partway); its receiver keeps free what the groups hold
+and the bookings before its own (:meth:`KeptSpace.held_and`), never its own, and every admitted one once it
+has written more than it booked; a download's copy into the store books only once its transfer has ended
+(edge.sources.gb28181.recordings `ingest_download`), when the download's own booking is given up.
 A booking is admitted (:meth:`KeptSpace.admit`) once its writer's check has passed: one its check has still
 to judge may be refused (a docking copy books the size the recorder lists, up to [offload] max_file_bytes,
 and its check runs when the executor gets to it), and a hostile recorder listing a file larger than the disk

@@ -51,6 +51,11 @@ def test_a_sound_section_is_accepted_and_read(tmp_path: Path, capsys: pytest.Cap
     assert status == 0, said
     assert PlatformSettings.from_config(load_config(tmp_path / "station.toml").gb28181,
                                         {"GB_DEVICE_PASSWORD": "x"}).expires_max_s == 600
+    # What a download books for a recording listed without a FileSize (edge.sources.gb28181.download_space).
+    status, said = check(tmp_path, SOUND + "[gb28181.download]\nunlisted_recording_mb = 64\n", capsys)
+    assert status == 0, said
+    assert PlatformSettings.from_config(load_config(tmp_path / "station.toml").gb28181,
+                                        {"GB_DEVICE_PASSWORD": "x"}).unlisted_recording_bytes == 64 << 20
 
 
 @pytest.mark.parametrize(
@@ -89,6 +94,10 @@ def test_a_sound_section_is_accepted_and_read(tmp_path: Path, capsys: pytest.Cap
         (SOUND + '[gb28181.download]\nwindow = "22:00-06:00"\n', "gb28181.download", "only used with"),
         (SOUND + '[gb28181.download]\nwhen = "schedule"\nwindow = "25:00-06:00"\n', "gb28181.download.window",
          "should match pattern"),
+        (SOUND + "[gb28181.download]\nunlisted_recording_mb = 0\n", "gb28181.download.unlisted_recording_mb",
+         "greater than or equal to 1"),
+        (SOUND + "[gb28181.download]\nunlisted_recording_mb = 2000000\n",
+         "gb28181.download.unlisted_recording_mb", "less than or equal to 1048576"),
         (SOUND + '[gb28181.download]\nmedia_transport = "rtsp"\n', "gb28181.download.media_transport",
          "'udp', 'tcp-passive' or 'tcp-active'"),
         (SOUND.replace("enabled = true", "enabled = true\nsip_idd = \"x\""), "gb28181.sip_idd",

@@ -33,7 +33,15 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
 from edge.sources.gb28181.downloads import DownloadReport, SpaceBooked
-from tests.gb28181.disk_rig import RESERVE, ModelDisk, facts_as_scheduled, long_stream, new_spool
+from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL, SealedDownload
+from tests.gb28181.disk_rig import (
+    RESERVE,
+    ModelDisk,
+    facts_as_scheduled,
+    long_stream,
+    new_spool,
+    station_downloads,
+)
 from tests.gb28181.media_sender import send_tcp
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
 from tests.gb28181.test_source_downloads import CASE, DEVICE
@@ -182,3 +190,26 @@ async def test_a_device_listing_an_absurd_size_is_refused_and_blocks_no_other_do
     assert held_meanwhile <= PER_BYTE * stream.size, "only the first download's booking is counted"
     assert done.first.ended == [EndReason.CLOSED] and done.first.received == [stream.size], done.first.ended
     assert done.booked_after == 0
+
+
+async def test_what_a_download_books_for_a_recording_as_listed(tmp_path: Path) -> None:
+    """Its listed FileSize; without one (or a FileSize of 0) the configured estimate; one byte more than a
+    cut-short copy received when that is more; never more than the receiver takes."""
+    async def never(_ref: RecordingRef, _raw: Path) -> Transfer:
+        raise AssertionError("not downloaded")
+
+    async with station_downloads(tmp_path, new_spool(tmp_path), never) as downloads:
+        configured = GbDownloads(downloads.pipeline, downloads.source, never, max_recording_bytes=10 << 20,
+                                 unlisted_recording_bytes=3 << 20)
+        cut = SealedDownload("item-1", 1, complete=False, interrupted=INTERRUPTED_DISK_FULL,
+                             received_bytes=5 << 20)
+        assert configured.expected_bytes(RECORDING, []) == RECORDING.file_size_bytes
+        assert configured.expected_bytes(replace(RECORDING, file_size_bytes=None), []) == 3 << 20
+        assert configured.expected_bytes(replace(RECORDING, file_size_bytes=0), []) == 3 << 20
+        assert configured.expected_bytes(RECORDING, [cut]) == (5 << 20) + 1
+        assert configured.expected_bytes(replace(RECORDING, file_size_bytes=1 << 62), []) == 10 << 20
+        larger = GbDownloads(downloads.pipeline, downloads.source, never, max_recording_bytes=1 << 20,
+                             unlisted_recording_bytes=3 << 20)
+        assert larger.expected_bytes(replace(RECORDING, file_size_bytes=None), []) == 1 << 20
+        with pytest.raises(ValueError, match="unlisted_recording_bytes must be positive"):
+            GbDownloads(downloads.pipeline, downloads.source, never, unlisted_recording_bytes=0)

@@ -31,10 +31,15 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
    tried again (`_tight_for`: one limited `error` entry of stage `store`,
    `DownloadReport.waiting_for_room`), so a tight disk seals at most one partial copy per pass;
-2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
+2. books what the download expects to write in the store's booking ledger and checks the spool's disk
+   against it and the bookings before it (edge.sources.gb28181.download_space): a download the disk would
+   hold but for other writers' bookings (another device's download, a docking copy) is not started (one
+   limited `error` entry of stage `store` naming what holds the space; `SpaceBooked` ends the pass, the
+   recording stays on the device for a later pass); the booking lasts until the transfer ends;
+3. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
-3. a transfer that brought no byte, or a session that could not be made (the platform raised), is a
+4. a transfer that brought no byte, or a session that could not be made (the platform raised), is a
    failure: the empty file is removed, the next recording is tried. Failures are bounded on the ledger
    (a device refusing every INVITE, or a NAT that gives the media another address, fails every listed
    recording at every pass): per device and pass the first `MAX_FAILURES_NAMED` are `error` entries
@@ -51,7 +56,7 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    entry, until it downloads or is no longer listed. A device
    gone offline or the download window closed (`PassEnded` from `start_download`) ends the call instead
    (`DownloadReport.stopped`);
-4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
+5. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received, whether the recording or the device's leaving cut it short).
 
@@ -402,7 +407,8 @@ class DownloadReport:
     failed: list[tuple[RecordingRef, str]] = field(default_factory=list)
     # incomplete MAX_INCOMPLETE_ATTEMPTS times, or interrupted MAX_INTERRUPTED_ATTEMPTS times
     given_up: list[RecordingRef] = field(default_factory=list)
-    # cut short by the station's disk guard before, and the disk still too tight for it: not tried now
+    # cut short by the station's disk guard before, and the disk still too tight for it, or refused up front
+    # for room other writers booked (`SpaceBooked`): not tried now
     waiting_for_room: list[RecordingRef] = field(default_factory=list)
     stopped: PassEnded | None = None  # the device left or the window closed: the rest was not tried
 

@@ -321,7 +321,9 @@ class DeviceProgress:
     incomplete: int = 0
     given_up: int = 0  # listed recordings not downloaded again (downloads.given_up_because)
     interrupted: int = 0  # downloads cut short by the device going offline or the station stopping
-    waiting_for_room: int = 0  # cut short by the station's disk guard, not tried while the disk is tight
+    # not started for room: cut short by the disk guard before and the disk still tight, or the room it
+    # needs booked by other writers (another download, a docking copy: edge.sources.gb28181.download_space)
+    waiting_for_room: int = 0
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
