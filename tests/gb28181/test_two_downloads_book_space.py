@@ -7,8 +7,8 @@ Real media receivers with their guard (the download's own booking passed as the 
 it), RTP over real TCP, a real pipeline, ffmpeg and store shared by two devices' downloads, one spool; the
 disk is the rig's model behind the seams that read it (tests/gb28181/disk_rig.py). The first download's
 device waits, its session open and its booking admitted, until the second's pass is over. Controls: with room
-for both, both are received whole; a device listing an absurd size books nothing, counted by no one, and the
-other download is received whole."""
+for both, both are received whole; a device listing an absurd size is refused while another download is in
+progress, and alone is downloaded as before, its booking counted by no one."""
 
 from __future__ import annotations
 
@@ -179,17 +179,31 @@ async def test_control_with_room_for_both_both_are_received_whole(
 
 async def test_a_device_listing_an_absurd_size_is_refused_and_blocks_no_other_download(
         tmp_path: Path, stream: Stream, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hostile FileSize larger than any disk fails its own check whatever others booked: it goes on as
-    before downloads booked (a false FileSize must not keep a recording from ever being asked: review 28),
-    booking nothing, never admitted, so no writer that books nothing counts it; its own guard keeps the
-    first download's booking free and cuts it, and the first is received whole."""
+    """A hostile FileSize larger than any disk while another download is in progress: refused at its own
+    check, never admitted; the download in progress is received whole."""
     level = RESERVE + PER_BYTE * stream.size + 2 * stream.size + SLACK
     done = await _second_while_first_runs(tmp_path, stream, monkeypatch, level=level, second_size=1 << 62)
-    assert done.second.started.is_set() and done.second.ended == [EndReason.DISK_FULL], done.second.ended
-    [held_meanwhile] = done.second.held_or_booked
-    assert held_meanwhile <= PER_BYTE * stream.size, "only the first download's booking is counted"
+    assert not done.second.started.is_set() and isinstance(done.second_report.stopped, SpaceBooked)
+    [refusal] = done.refusals
+    assert BOOKED_BY_A_DOWNLOAD in refusal["reason"] and refusal["needed_bytes"] > level, refusal
     assert done.first.ended == [EndReason.CLOSED] and done.first.received == [stream.size], done.first.ended
     assert done.booked_after == 0
+
+
+async def test_alone_a_device_listing_an_absurd_size_is_downloaded_as_before_counted_by_no_one(
+        tmp_path: Path, stream: Stream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no other booking in progress, a FileSize larger than the disk (false, or hostile) does not keep
+    the recording from being asked (review 28): the download goes on booking nothing, never admitted, so a
+    writer that books nothing counts none of it; the disk holds the recording, which is received whole."""
+    spool = new_spool(tmp_path)
+    ModelDisk(spool, RESERVE + PER_BYTE * stream.size + SLACK).install(monkeypatch)
+    device = Device(stream, PORTS)
+    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
+        device.downloads = downloads
+        report = await downloads.download([replace(RECORDING, file_size_bytes=1 << 62)])
+        assert report.stopped is None and downloads.pipeline.kept_space.booked() == []
+    assert device.held_or_booked == [0], "its booking is counted by no writer that books nothing"
+    assert device.ended == [EndReason.CLOSED] and device.received == [stream.size], device.ended
 
 
 async def test_what_a_download_books_for_a_recording_as_listed(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ disk guard cut short received; at most `max_recording_mb`, the most the receiver
 receiver's guard keeps per byte (edge.sources.gb28181.downloads `room_per_byte_downloaded`: the raw PS
 itself and, with a reserve, `ROOM_PER_RECEIVED_BYTE` more to seal it). Its check counts the bookings made
 before its own (`KeptSpace.booked_before`, admitted or not) and what the groups hold (the rooms recording);
-passed, the booking is admitted (writers that book nothing count it from then on). Failed where the disk
-would hold it but for the bookings before it, the download is refused up front (edge.sources.gb28181.downloads
-`_booked_or_refused`): the others still need that space. Failed where the disk is short of its own size
-whatever others booked (a FileSize listed in bits, stale or false: reviews 26 and 28 keep such a size from
-refusing a recording for ever), it goes on as before downloads booked: it books nothing (`book_nothing`),
-its guard keeps every admitted booking free, and the guard cuts it should the disk fill (then
-edge.sources.gb28181.downloads `_tight_for` decides its retries).
+passed, the booking is admitted (writers that book nothing count it from then on). Failed while bookings
+made before it have still to write, the download is refused up front (edge.sources.gb28181.downloads
+`_booked_or_refused`): the others still need that space, and it is tried at a later pass, once they are
+done. Failed with no booking before it (the disk short of its own size: a FileSize listed in bits, stale or
+false, which reviews 26 and 28 keep from refusing a recording for ever), it goes on as before downloads
+booked: it books nothing (`book_nothing`), its guard keeps every admitted booking free, and the guard cuts
+it should the disk fill (then edge.sources.gb28181.downloads `_tight_for` decides its retries).
 
 While it runs, its receiver's guard (edge.gb28181.media, `ReceiverSpace`) keeps free what `taken` says:
 the groups' space and the bookings made before its own, the same its check counted (one that books nothing:
@@ -27,8 +27,8 @@ what stays booked at the end is the room to seal what came. A download that rece
 free every admitted booking too, later ones included, as a writer that books nothing does, so a device
 listing a small size takes no space another writer's check counted on. A device listing an absurd size
 (larger than the disk) fails its own check: it is never admitted, so no writer that books nothing counts it
-(review revs13a's rule), a booking writer after it at most waits for its check, and it goes on booking
-nothing, or is refused while others' bookings hold the disk.
+(review revs13a's rule), a booking writer after it at most waits for its check; it is refused while other
+bookings are in progress, and alone goes on booking nothing.
 
 The booking is given up when the transfer ends, however it ends (`KeptSpace.booking_for`), before the
 copy into the store books its own (edge.sources.gb28181.recordings `ingest_download`). Known limit: a

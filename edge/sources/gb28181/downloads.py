@@ -32,8 +32,9 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    tried again (`_tight_for`: one limited `error` entry of stage `store`,
    `DownloadReport.waiting_for_room`), so a tight disk seals at most one partial copy per pass;
 2. books what the download expects to write in the store's booking ledger and checks the spool's disk
-   against it and the bookings before it (edge.sources.gb28181.download_space): a download the disk would
-   hold but for other writers' bookings (another device's download, a docking copy) is not started (one
+   against it and the bookings before it (edge.sources.gb28181.download_space): a download the disk is
+   short for while other writers' bookings (another device's download, a docking copy) are in progress is
+   not started (one
    limited `error` entry of stage `store` naming what holds the space; `SpaceBooked` ends the pass, the
    recording stays on the device for a later pass); the booking lasts until the transfer ends;
 3. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
@@ -706,10 +707,10 @@ class GbDownloads:
                                  report: DownloadReport) -> None:
         """The download's check (edge.sources.gb28181.download_space): the spool's disk must keep the
         store's reserve, what the groups hold and the bookings made before this one, plus this one's. Passed,
-        the booking is admitted. Short only for the bookings before it: one `error` entry of stage `store`
-        naming what holds the space (limited like the listing's problems) and `SpaceBooked`: the recording
-        stays on the device, the pass ends. Short of its own size whatever others booked: it books
-        nothing and goes on, as before downloads booked."""
+        the booking is admitted. Short while bookings before it have still to write: one `error` entry of
+        stage `store` naming what holds the space (limited like the listing's problems) and `SpaceBooked`:
+        the recording stays on the device, the pass ends. Short with no booking before it: it books nothing
+        and goes on, as before downloads booked."""
         kept_space = self.pipeline.kept_space
         reserve = self.pipeline.settings.min_free_bytes
         booked = space.booking.remaining
@@ -723,9 +724,8 @@ class GbDownloads:
         if available >= needed:
             space.pass_check()
             return
-        groups = sum(kept.bytes for kept in kept_space.now())
-        if available < reserve + groups + booked:
-            # Short of its own size whatever others booked (a FileSize that may be false: reviews 26, 28):
+        if not any(b.remaining for b in kept_space.booked_before(space.booking)):
+            # Short with no other writer's booking in the way (a FileSize that may be false: reviews 26, 28):
             # it goes on as before downloads booked (see edge.sources.gb28181.download_space).
             space.book_nothing()
             return
