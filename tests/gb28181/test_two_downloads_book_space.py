@@ -29,10 +29,11 @@ from edge.gb28181.media import (
     MediaTransport,
     receiver_keeping_free,
 )
+from edge.ingest.kept_space import COPY_BOOKING
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
-from edge.sources.gb28181.downloads import DownloadReport, SpaceBooked
+from edge.sources.gb28181.downloads import DownloadReport, SpaceBooked, WindowClosed
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL, SealedDownload
 from tests.gb28181.disk_rig import (
     RESERVE,
@@ -227,3 +228,29 @@ async def test_what_a_download_books_for_a_recording_as_listed(tmp_path: Path) -
         assert larger.expected_bytes(replace(RECORDING, file_size_bytes=None), []) == 1 << 20
         with pytest.raises(ValueError, match="unlisted_recording_bytes must be positive"):
             GbDownloads(downloads.pipeline, downloads.source, never, unlisted_recording_bytes=0)
+
+
+async def test_a_booking_before_it_still_to_be_judged_counts_for_its_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks between booking writers count every booking before their own, admitted or not (a docking
+    copy whose check has not run yet): the download waits (a wait, never a cut). Control: that booking
+    gone, the same download starts."""
+    size = 1 << 20
+    spool = new_spool(tmp_path)
+    ModelDisk(spool, RESERVE + 10 * size).install(monkeypatch)
+    asked: list[RecordingRef] = []
+
+    async def start(ref: RecordingRef, _raw: Path) -> Transfer:
+        asked.append(ref)
+        raise WindowClosed("the test stops here")
+
+    ref = replace(RECORDING, file_size_bytes=size)
+    async with station_downloads(tmp_path, spool, start) as downloads:
+        kept_space = downloads.pipeline.kept_space
+        with kept_space.booking_for(COPY_BOOKING, "usb 1-1.3", 8 * size) as copy:
+            assert not copy.admitted
+            report = await downloads.download([ref])
+        assert asked == [] and isinstance(report.stopped, SpaceBooked), report.stopped
+        report = await downloads.download([ref])
+        assert asked == [ref] and isinstance(report.stopped, WindowClosed), report.stopped
+        assert kept_space.booked() == []

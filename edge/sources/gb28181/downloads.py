@@ -714,7 +714,8 @@ class GbDownloads:
         kept_space = self.pipeline.kept_space
         reserve = self.pipeline.settings.min_free_bytes
         booked = space.booking.remaining
-        taken = space.taken(0)  # read before the free space it is set against
+        before = kept_space.booked_before(space.booking)  # admitted or not: read before the free space
+        taken = kept_space.held_and(before)
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -724,7 +725,7 @@ class GbDownloads:
         if available >= needed:
             space.pass_check()
             return
-        if not any(b.remaining for b in kept_space.booked_before(space.booking)):
+        if not any(b.remaining for b in before):
             # Short with no other writer's booking in the way (a FileSize that may be false: reviews 26, 28):
             # it goes on as before downloads booked (see edge.sources.gb28181.download_space).
             space.book_nothing()
