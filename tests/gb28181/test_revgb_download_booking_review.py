@@ -25,6 +25,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,26 @@ from edge.ingest.pipeline import IngestOutcome
 from edge.rooms.service import RoomRefused, RoomService
 from edge.sources.gb28181 import GbDownloads, RecordingRef, Transfer
 from edge.sources.gb28181.downloads import WindowClosed
+from edge.sources.gb28181.scheduler import GB28181_SPOOL_DIR
 from edge.sources.local import LocalDirectory
+from simulators.gb28181.media import generate_recordings
 from tests.gb28181.disk_rig import RESERVE, ModelDisk, new_spool, station_downloads
 from tests.gb28181.media_sender import HAVE_FFMPEG
+from tests.gb28181.test_e2e_two_downloads_space import (
+    FIRST,
+    SECOND,
+    STALL_S,
+    device,
+    gb_section,
+    progress_of,
+    until,
+)
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
 from tests.prerequisites import require
 from tests.rooms.conftest import lavfi_source, rooms_config
 from tests.rooms.rig import running
 from tests.rooms.test_attach_export import FIELDS
+from tests.station.harness import simulated_station
 from tests.station.test_ingest_sources import CASE
 
 MIB = 1 << 20
@@ -179,3 +192,58 @@ async def test_a_booking_its_own_check_gives_up_never_refuses_a_room_s_start(
             go.set()
             await asyncio.wait_for(task, WAIT_S)
     assert refused is None, f"a room's start was refused for a booking its own check gives up: {refused}"
+
+
+async def test_a_device_refused_for_another_s_booking_is_downloaded_once_that_booking_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, e2e_recordings: tuple[Path, int]) -> None:
+    """MEDIUM. End to end (real agent, two simulated devices over real sockets; tests/gb28181/
+    test_e2e_two_downloads_space.py's setting): the second device is refused up front while the first's
+    download holds its booking, and its pass ends. Its "next pass" comes only when it comes online again
+    (edge.gb28181.platform's online listener fires on a transition; REGISTER refreshes and keepalives are
+    none; policy on-registration): a recorder that stays registered keeps its recording on the device for
+    days, though the first download ended a minute later. Control: test_e2e_two_downloads_space's room for
+    both (the second is downloaded in the same setting)."""
+    media, file_size = e2e_recordings
+    async with simulated_station(tmp_path / "st", [], gb28181=gb_section(tmp_path)) as station:
+        agent = station.agent
+        assert agent.gb28181_downloads is not None
+        spool = Path(agent.config.station.store_dir) / GB28181_SPOOL_DIR
+        ModelDisk(spool, int(1.7 * file_size)).install(monkeypatch)
+        first = await device(agent, media, FIRST, [f"stall={STALL_S:g}"])
+        second = await device(agent, media, SECOND, [])
+        runners = [asyncio.ensure_future(first.run())]
+        try:
+            await until(lambda: progress_of(station, FIRST).get("state") == "downloading"
+                        and any(p.stat().st_size for p in spool.glob("download-*.ps")), 60,
+                        "the first download is under way")
+            runners.append(asyncio.ensure_future(second.run()))
+            await until(lambda: progress_of(station, SECOND).get("waiting_for_room") == 1, 60,
+                        "the second device was refused up front")
+            await until(lambda: progress_of(station, FIRST).get("done") == 1, 120, "the first downloaded")
+            assert agent.pipeline is not None and agent.pipeline.kept_space.booked() == []
+            # Both devices stay registered (keepalives): the disk has room for the second's recording now.
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: progress_of(station, SECOND).get("done") == 1, 150, "")
+            second_progress = progress_of(station, SECOND)
+            assert agent.gb28181 is not None
+            registered = agent.gb28181.registry.get(SECOND)
+            assert registered is not None and registered.online, "the second device stayed registered"
+        finally:
+            for simulated in (first, second):
+                await simulated.close()
+            for runner in runners:
+                runner.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+    assert second_progress.get("done") == 1, (
+        f"the refused device's recording was never downloaded while it stayed online: {second_progress}")
+
+
+@pytest.fixture(scope="module")
+def e2e_recordings(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """As test_e2e_two_downloads_space's `recordings`: one recording and its FileSize as listed."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    media = tmp_path_factory.mktemp("gb-media")
+    device_now = (datetime.now(UTC) + timedelta(hours=8)).replace(tzinfo=None, microsecond=0)
+    [made] = generate_recordings(media, 1, start=device_now - timedelta(hours=2), seconds=4.0, size="320x240",
+                                 rate=10, video_bitrate="400k")
+    return media, made.stat().st_size
