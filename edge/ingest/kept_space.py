@@ -20,26 +20,37 @@ each counts the other, or the later counts the earlier (never neither); a bookin
 not counted by it (:meth:`KeptSpace.booked_before`), so of two at once the earlier can pass, and a writer's
 re-checks while it writes count the same bookings (a later writer, even one refused, never ends it).
 
+A GB/T 28181 download's booking (kind `DOWNLOAD_BOOKING`) is counted only by other downloads (review revgb):
+a room's start, a docking copy, a disc export's staging and a document count every booking but downloads'
+(:meth:`KeptSpace.counts`: :meth:`KeptSpace.booked_before` and :meth:`KeptSpace.booked_up_to` apply it by
+the checking booking's kind; a writer with no booking of its own asks :meth:`KeptSpace.booked` with
+`excluding`). They come first, as before downloads booked: a download can wait on its device, an interview
+cannot, and a download's guard keeps every admitted booking of theirs free, whenever it was made, and cuts
+the download should they need the space. So the ordering rule above holds between writers that count each
+other's kind; between a download and another writer only the download counts, and should its check miss a
+booking made after its own, its guard still gives way to it once it is admitted.
+
 A booking is owned by the coroutine that made it (:meth:`KeptSpace.booking_for`, review rev11f): it is
 given up when that coroutine ends, however it ends. A writer that hands its writing to a worker thread
 (:meth:`KeptSpace.handed_off`) keeps it until the worker ends too: a coroutine cancelled while its work is
 still queued gives it up at once (the work, should it start, writes nothing), and one cancelled while its
 work runs leaves it to the worker (the bytes are still being written), which stops at its next chunk.
 
-A writer that can wait and books nothing, because it measures the disk after each write instead (a GB/T
-28181 media receiver without a booking of its own: edge.gb28181.media), keeps free what the groups hold and
-every admitted booking (:meth:`KeptSpace.held_or_booked`). A GB/T 28181 download books what it expects to
-write before it starts (edge.sources.gb28181.download_space, review gbbook: two downloads at once passed
-their checks on the same free bytes and one was cut partway); its receiver keeps free what the groups hold
-and the bookings before its own (:meth:`KeptSpace.held_and`), never its own, and every admitted one once it
-has written more than it booked; a download's copy into the store books only once its transfer has ended
-(edge.sources.gb28181.recordings `ingest_download`), when the download's own booking is given up.
-A booking is admitted (:meth:`KeptSpace.admit`) once its writer's check has passed: one its check has still
-to judge may be refused (a docking copy books the size the recorder lists, up to [offload] max_file_bytes,
-and its check runs when the executor gets to it), and a hostile recorder listing a file larger than the disk
-would otherwise cut every download in flight at each docking (review revs13a). The checks between booking
-writers count every booking before their own, admitted or not, as above: a booking about to be refused costs
-another booking writer at most a wait, never a cut.
+A writer that can wait and books nothing, because it measures the disk after each write instead (a GB/T 28181
+media receiver without a booking of its own: edge.gb28181.media), keeps free what the groups hold and every
+admitted booking (:meth:`KeptSpace.held_or_booked`). A GB/T 28181 download books what it expects to write
+before it starts (edge.sources.gb28181.download_space, review gbbook: two downloads at once passed their
+checks on the same free bytes and one was cut partway); its receiver keeps free what the groups hold, every
+admitted booking of another kind and the admitted downloads' bookings before its own
+(:meth:`KeptSpace.held_and`), never its own, and every admitted one once it has written more than it booked; a
+download's copy into the store books only once its transfer has ended (edge.sources.gb28181.recordings
+`ingest_download`), when the download's own booking is given up. A booking is admitted
+(:meth:`KeptSpace.admit`) once its writer's check has passed: one its check has still to judge may be refused
+(a docking copy books the size the recorder lists, up to [offload] max_file_bytes, and its check runs when the
+executor gets to it), and a hostile recorder listing a file larger than the disk would otherwise cut every
+download in flight at each docking (review revs13a). The checks between booking writers count every booking
+before their own of a kind they count, admitted or not, as above: a booking about to be refused costs another
+booking writer at most a wait, never a cut.
 
 This module knows no group: edge.rooms registers its rule (edge.rooms.space.rooms_kept_free), so edge.ingest
 never imports edge.rooms. Copies run in worker threads: its state is behind a lock, held for no I/O.
@@ -86,6 +97,9 @@ KeptFreeRule = Callable[[Sequence[str]], KeptFree]
 
 # The kind of a docking copy's (or a GB/T 28181 download's copy into the store) booking.
 COPY_BOOKING = "copy"
+# The kind of a GB/T 28181 download's booking (edge.sources.gb28181.download_space): counted by other
+# downloads only (`KeptSpace.counts`).
+DOWNLOAD_BOOKING = "download"
 
 
 @dataclass(eq=False)  # one booking is itself: released by identity
@@ -213,11 +227,11 @@ class KeptSpace:
                     for group, members in sorted(self._members.items())]
         return [rule(members) for rule, members in held]
 
-    def held_or_booked(self) -> HeldOrBooked:
+    def held_or_booked(self, *, excluding: str | None = None) -> HeldOrBooked:
         """What the groups hold now and every admitted booking's bytes still to write (read before the free
         space it is set against, as a booking's check does; a booking its check has still to judge is not
-        counted: it may be refused). From any thread."""
-        return self.held_and([b for b in self.booked() if b.admitted])
+        counted: it may be refused), but those of kind `excluding`. From any thread."""
+        return self.held_and([b for b in self.booked(excluding=excluding) if b.admitted])
 
     def held_and(self, bookings: Sequence[Booking]) -> HeldOrBooked:
         """What the groups hold now and `bookings` (read before, a snapshot) have still to write."""
@@ -280,19 +294,30 @@ class KeptSpace:
         with self._lock:
             booking.remaining = max(0, booking.remaining - count)
 
-    def booked(self) -> list[Booking]:
-        """Every booking now (copies of them: a snapshot). Read before the free space it is set against."""
+    def booked(self, *, excluding: str | None = None, only: str | None = None) -> list[Booking]:
+        """Every booking now (copies of them: a snapshot), but those of kind `excluding`, or those of kind
+        `only` alone. Read before the free space it is set against. A writer that books nothing and is no
+        download (a room's start) asks it `excluding=DOWNLOAD_BOOKING`."""
         with self._lock:
-            return [Booking(b.kind, b.what, b.remaining, b.order, b.admitted) for b in self._bookings]
+            return [Booking(b.kind, b.what, b.remaining, b.order, b.admitted) for b in self._bookings
+                    if b.kind != excluding and (only is None or b.kind == only)]
+
+    @staticmethod
+    def counts(checking_kind: str, booking_kind: str) -> bool:
+        """Whether a check of a booking of `checking_kind` counts a booking of `booking_kind`: all do, but a
+        download's booking is counted by downloads only (see the module docstring)."""
+        return booking_kind != DOWNLOAD_BOOKING or checking_kind == DOWNLOAD_BOOKING
 
     def booked_before(self, own: Booking) -> list[Booking]:
-        """The bookings made before `own` (a snapshot): what `own`'s check counts as taken."""
-        return [b for b in self.booked() if b.order < own.order]
+        """The bookings made before `own` that its kind counts (a snapshot): what `own`'s check counts as
+        taken."""
+        return [b for b in self.booked() if b.order < own.order and self.counts(own.kind, b.kind)]
 
     def booked_up_to(self, own: Booking) -> list[Booking]:
-        """The bookings made before `own`, and `own` (a snapshot): what a re-check while `own` writes counts;
-        a later writer's booking is not (it passed its own check counting this one)."""
-        return [b for b in self.booked() if b.order <= own.order]
+        """The bookings made before `own` that its kind counts, and `own` (a snapshot): what a re-check while
+        `own` writes counts; a later writer's booking is not (it passed its own check counting this one, or
+        is a download, which gives way)."""
+        return [b for b in self.booked() if b.order <= own.order and self.counts(own.kind, b.kind)]
 
     @staticmethod
     def total(bookings: Sequence[Booking]) -> int:

@@ -43,7 +43,7 @@ from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
 from edge.gb28181.live import LiveStreams
-from edge.ingest.kept_space import KeptFree, KeptSpace, said_bookings
+from edge.ingest.kept_space import DOWNLOAD_BOOKING, KeptFree, KeptSpace, said_bookings
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.composite import derived_of, room_outputs
@@ -509,7 +509,9 @@ class RoomService:
             # have yet to write (the store's one booking ledger, edge.ingest.kept_space): a start keeps it
             # too, or both take the same bytes (review 29, rev11e). Read before the free space: a booking
             # written meanwhile is in the free figure then, so it is never missed, at worst counted twice.
-            booked = self.pipeline.kept_space.booked()
+            # A GB/T 28181 download's booking is not counted: rooms come first, its guard gives way and cuts
+            # the download (review revgb).
+            booked = self.pipeline.kept_space.booked(excluding=DOWNLOAD_BOOKING)
             try:
                 free = await asyncio.to_thread(free_bytes, self.store.layout.root)
             except OSError as exc:  # unknown is not enough (edge.rooms.reserve: failing safe)

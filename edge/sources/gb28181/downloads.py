@@ -432,6 +432,7 @@ class GbDownloads:
         pass_failures: PassFailures | None = None,
         max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES,
         unlisted_recording_bytes: int = UNLISTED_SIZE_MARGIN_BYTES,
+        download_ended: Callable[[], None] = lambda: None,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
@@ -450,6 +451,10 @@ class GbDownloads:
         # The booking of the download in progress (one at a time), for its receiver's guard (the scheduler's
         # `start_download` passes it to the platform): edge.sources.gb28181.download_space.
         self.booked_space: DownloadSpace | None = None
+        # Called once a download that went ahead (its check passed, or it booked nothing) has ended, its
+        # booking given up and what came copied into the store: the scheduler asks a new pass of the devices
+        # refused for room meanwhile (`SpaceBooked`), which nothing else would (review revgb).
+        self.download_ended = download_ended
         # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
         # summary written at the pass's end); alone, each call is a pass of its own.
         self._own_pass = pass_failures is None
@@ -753,6 +758,17 @@ class GbDownloads:
 
     async def _one(self, ref: RecordingRef, report: DownloadReport, *, attempt: int,
                    earlier: Sequence[SealedDownload] = ()) -> str | None:
+        """One download, then `download_ended` if it went ahead (however it ended)."""
+        waiting_before = len(report.waiting_for_room)
+        try:
+            return await self._one_download(ref, report, attempt=attempt, earlier=earlier)
+        finally:
+            # Refused up front (`SpaceBooked`, added to waiting_for_room) it booked nothing that ended.
+            if len(report.waiting_for_room) == waiting_before:
+                self.download_ended()
+
+    async def _one_download(self, ref: RecordingRef, report: DownloadReport, *, attempt: int,
+                            earlier: Sequence[SealedDownload] = ()) -> str | None:
         raw = self.source.spool / f"download-{uuid.uuid4().hex}.ps"
         shown = shown_recording(ref)
         try:

@@ -77,6 +77,7 @@ from edge.sources.gb28181.downloads import (
     GbDownloads,
     PassEnded,
     PassFailures,
+    SpaceBooked,
     StoreBelowReserve,
     Transfer,
     WindowClosed,
@@ -399,6 +400,12 @@ class GbDownloadScheduler:
         # When this run's tries that the station's disk cut short ended (stuck disk-full, disk-slow): their
         # give-up spans days of such tries too, on the same clocks.
         self.try_times = TryTimes(lambda: self._now().timestamp(), monotonic)
+        # Devices whose last pass was refused up front for room other writers booked (`SpaceBooked`): a new
+        # pass is asked for them when a download ends (`_download_ended`), once each, since nothing else
+        # would ask one while they stay registered (the online listener fires on a transition: review revgb).
+        self._refused_for_room: set[str] = set()
+        # How many downloads of each device have ended: a refusal racing another device's is tried again.
+        self._downloads_ended: dict[str, int] = {}
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -410,6 +417,21 @@ class GbDownloadScheduler:
         """The platform's online listener: a pass for the device if the policy wants it now."""
         if self.policy.wants_device(device_id) and self.policy.may_download_now(self._now()):
             self.request(device_id)
+
+    def _download_ended(self, ended_by: str) -> None:
+        """A download ended and gave up its booking: a pass for each device refused for room meanwhile
+        (registered online, the policy wanting it now). Still short, it is refused again (its ledger entry
+        limited) and waits for the next download's end: one pass per device per download ended at most."""
+        self._downloads_ended[ended_by] = self._downloads_ended.get(ended_by, 0) + 1
+        refused, self._refused_for_room = sorted(self._refused_for_room), set()
+        for device_id in refused:
+            device = self.platform.registry.get(device_id)
+            if device is not None and device.online:
+                self.device_online(device_id)
+
+    def _others_ended(self, device_id: str) -> int:
+        """How many downloads of other devices have ended so far."""
+        return sum(self._downloads_ended.values()) - self._downloads_ended.get(device_id, 0)
 
     def request(self, device_id: str) -> None:
         """A pass for `device_id`; one already running is followed by one more (the device came back)."""
@@ -506,9 +528,16 @@ class GbDownloadScheduler:
     async def _device(self, device_id: str, run: _DeviceRun) -> None:
         progress = self.progress.setdefault(device_id, DeviceProgress())
         while True:
+            self._refused_for_room.discard(device_id)  # this pass is its new try
+            ended_before = self._others_ended(device_id)
             try:
                 await self._pass(device_id, progress)
             except PassEnded as exc:
+                if isinstance(exc, SpaceBooked):
+                    if self._others_ended(device_id) != ended_before:
+                        run.again = True  # a download ended during the pass: its room may be there now
+                    else:
+                        self._refused_for_room.add(device_id)
                 progress.last_problem = printable(str(exc)[:200])
                 waits_for = ("the window to open" if isinstance(exc, WindowClosed) else "room in the store"
                              if isinstance(exc, StoreBelowReserve) else "its next registration")
@@ -612,7 +641,8 @@ class GbDownloadScheduler:
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes,
                                 max_recording_bytes=self._max_recording_bytes(),
-                                unlisted_recording_bytes=self._unlisted_recording_bytes())
+                                unlisted_recording_bytes=self._unlisted_recording_bytes(),
+                                download_ended=lambda: self._download_ended(device_id))
         try:
             await self._channel_passes(pipeline, device_id, progress, downloads, ranges)
         finally:
