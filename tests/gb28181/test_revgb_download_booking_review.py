@@ -220,7 +220,9 @@ async def test_a_device_refused_for_another_s_booking_is_downloaded_once_that_bo
             await until(lambda: progress_of(station, SECOND).get("waiting_for_room") == 1, 60,
                         "the second device was refused up front")
             await until(lambda: progress_of(station, FIRST).get("done") == 1, 120, "the first downloaded")
-            assert agent.pipeline is not None and agent.pipeline.kept_space.booked() == []
+            # The first's bookings have ended; the second's download may hold its own by now (asked at once).
+            assert agent.pipeline is not None
+            assert all(SECOND in b.what for b in agent.pipeline.kept_space.booked())
             # Both devices stay registered (keepalives): the disk has room for the second's recording now.
             with contextlib.suppress(TimeoutError):
                 await until(lambda: progress_of(station, SECOND).get("done") == 1, 150, "")
