@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import edge.sources.gb28181.downloads as downloads_module
 from edge.custody.ledger import EntryType
 from edge.gb28181.media import (
     FLUSH_BYTES,
@@ -33,7 +34,12 @@ from edge.ingest.kept_space import COPY_BOOKING
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
-from edge.sources.gb28181.downloads import DownloadReport, SpaceBooked, WindowClosed
+from edge.sources.gb28181.downloads import (
+    DownloadReport,
+    SpaceBooked,
+    WindowClosed,
+    room_per_byte_downloaded,
+)
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL, SealedDownload
 from tests.gb28181.disk_rig import (
     RESERVE,
@@ -228,6 +234,30 @@ async def test_what_a_download_books_for_a_recording_as_listed(tmp_path: Path) -
         assert larger.expected_bytes(replace(RECORDING, file_size_bytes=None), []) == 1 << 20
         with pytest.raises(ValueError, match="unlisted_recording_bytes must be positive"):
             GbDownloads(downloads.pipeline, downloads.source, never, unlisted_recording_bytes=0)
+
+
+@pytest.mark.parametrize("file_size", [0, None], ids=["listed-0", "control-unlisted"])
+async def test_a_file_size_of_0_is_tight_by_the_size_it_would_book(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_size: int | None) -> None:
+    """`_tight_for` and `expected_bytes` agree on one size: a FileSize of 0 is none (the configured
+    estimate), not a recording of 0 bytes whose retry after a cut copy needs room for 2 (review revgb).
+    Control: the same with no FileSize listed; and the disk with room for that size is not tight."""
+    async def never(_ref: RecordingRef, _raw: Path) -> Transfer:
+        raise AssertionError("not downloaded")
+
+    spool = new_spool(tmp_path)
+    async with station_downloads(tmp_path, spool, never) as downloads:
+        configured = GbDownloads(downloads.pipeline, downloads.source, never, max_recording_bytes=10 << 20,
+                                 unlisted_recording_bytes=3 << 20)
+        cut = SealedDownload("item-1", 1, complete=False, interrupted=INTERRUPTED_DISK_FULL, received_bytes=1)
+        ref = replace(RECORDING, file_size_bytes=file_size)
+        expected = configured.expected_bytes(ref, [cut])
+        assert expected == 3 << 20
+        per_byte = room_per_byte_downloaded(downloads.pipeline.settings.min_free_bytes)
+        needed = downloads.pipeline.settings.min_free_bytes + per_byte * expected
+        for free, tight in ((needed - 1, True), (needed, False)):
+            monkeypatch.setattr(downloads_module, "free_bytes", lambda _path, free=free: free)
+            assert await configured._tight_for(ref, [cut]) is tight, (free, needed)
 
 
 async def test_a_booking_before_it_still_to_be_judged_counts_for_its_check(

@@ -608,7 +608,8 @@ class GbDownloads:
         # guard and the copy keep it too (issue 11).
         taken = self.pipeline.kept_space.held_or_booked()
         kept, held = taken.bytes, f" and {taken.said}" if taken.bytes else ""
-        listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
+        # A FileSize of 0 is none, as for the booking (`expected_bytes`): the two agree on one size.
+        listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes > 0 else None
         assumed = self.unlisted_recording_bytes if listed is None else listed
         received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
                         and d.received_bytes is not None), default=None)
@@ -629,7 +630,7 @@ class GbDownloads:
         extra = self.problems.seen(STORE_TIGHT_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
         if extra is not None:
             sized = f"its listed FileSize {assumed}" if listed is not None else \
-                f"{assumed} bytes assumed (no FileSize listed)"
+                f"{assumed} bytes assumed (no FileSize listed, or 0)"
             if size != assumed:  # the copy the guard cut says the recording is larger than listed
                 shown_listed = "its listed FileSize" if listed is not None else "the size assumed without one"
                 sized = (f"{size} bytes, one more than the {received} a cut-short download of it received "
