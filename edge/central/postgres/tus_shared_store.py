@@ -545,7 +545,9 @@ class StagedUpload:
 class SharedUploadWrite(UploadWriteBase):
     """One request's append to one shared upload (the :class:`~edge.central.tus_contract.UploadAppend`
     contract): bytes collect into parts of the store's part size, each stored as it fills; see the module
-    docstring for when they commit."""
+    docstring for when they commit. Once a write, a part's storing or a commit raised, every later write
+    and commit raises :class:`~edge.central.tus_store.UploadWriteFailedError` (see
+    :meth:`UploadWriteBase._failing_for_good`): the upload stays at what was committed before."""
 
     def __init__(self, store: SharedTusStore, conn: Connection, info: UploadInfo, parts: list[_Part],
                  hasher: Any, checksum: ChunkChecksum | None) -> None:
@@ -579,23 +581,26 @@ class SharedUploadWrite(UploadWriteBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._connection()
-        if self.offset + len(data) > self._info.length:
-            raise UploadTooLargeError(f"upload {self.upload_id}: {self.offset + len(data)} bytes would "
-                                      f"exceed its length {self._info.length}")
-        view = memoryview(data)
-        while view:
-            piece = view[: self._part_size - len(self._buffer)]
-            view = view[len(piece):]
-            self._buffer += piece
-            self._whole.update(piece)
-            if self._chunk is not None:
-                self._chunk.update(piece)
-            if len(self._buffer) == self._part_size:
-                self._store_part()
-                if self._checksum is None:
-                    self._commit()
+        with self._failing_for_good("write"):
+            self._check_room(len(data))
+            view = memoryview(data)
+            while view:
+                piece = view[: self._part_size - len(self._buffer)]
+                view = view[len(piece):]
+                self._buffer += piece
+                self._whole.update(piece)
+                if self._chunk is not None:
+                    self._chunk.update(piece)
+                if len(self._buffer) == self._part_size:
+                    self._store_part()
+                    if self._checksum is None:
+                        self._commit()
 
     def _store_part(self) -> None:
+        with self._failing_for_good("store a part"):
+            self._store_buffer()
+
+    def _store_buffer(self) -> None:
         number = (self._pending[-1].number if self._pending else len(self._parts)) + 1
         start = self._stored_end
         data = bytes(self._buffer)
@@ -611,23 +616,25 @@ class SharedUploadWrite(UploadWriteBase):
         """End of the body: verify the chunk checksum (if any), then commit its whole parts (and its tail
         when it ends the upload). A mismatch drops the chunk and raises :class:`ChecksumMismatchError`."""
         self._connection()
-        if self._checksum is not None:
-            hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
-            assert hasher is not None  # a per-chunk algorithm has its chunk hasher
-            got = hasher.digest()
-            if not hmac.compare_digest(got, self._checksum.digest):
-                received = self.offset - self._info.offset
-                at = self._info.offset
-                self.discard()
-                raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
-        return self._commit_ending()
+        with self._failing_for_good("finish"):
+            if self._checksum is not None:
+                hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
+                assert hasher is not None  # a per-chunk algorithm has its chunk hasher
+                got = hasher.digest()
+                if not hmac.compare_digest(got, self._checksum.digest):
+                    received = self.offset - self._info.offset
+                    at = self._info.offset
+                    self.discard()
+                    raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
+            return self._commit_ending()
 
     def keep(self) -> UploadInfo:
         """The body ended early: keep its whole parts when it needs no verification, else drop it."""
         self._connection()
-        if self._checksum is not None:
-            return self.discard()
-        return self._commit_ending()
+        with self._failing_for_good("keep"):
+            if self._checksum is not None:
+                return self.discard()
+            return self._commit_ending()
 
     def _commit_ending(self) -> UploadInfo:
         if self._buffer and self.offset == self._info.length:
@@ -642,6 +649,10 @@ class SharedUploadWrite(UploadWriteBase):
 
     def discard(self) -> UploadInfo:
         """Drop everything since the last commit (stored parts of it are deleted)."""
+        with self._remembering_failure():
+            return self._drop_uncommitted()
+
+    def _drop_uncommitted(self) -> UploadInfo:
         for part in self._pending:
             self._store.staging.delete_version(self._store.staging.key(self.upload_id, part.number),
                                                part.version_id)
@@ -670,6 +681,10 @@ class SharedUploadWrite(UploadWriteBase):
 
     def _commit(self) -> UploadInfo:
         conn = self._connection()
+        with self._failing_for_good("commit"):
+            return self._commit_stored(conn)
+
+    def _commit_stored(self, conn: Connection) -> UploadInfo:
         if not self._pending:
             return self._info
         end = self._stored_end
