@@ -603,13 +603,18 @@ class SharedUploadWrite(UploadWriteBase):
     def _store_buffer(self) -> None:
         number = (self._pending[-1].number if self._pending else len(self._parts)) + 1
         start = self._stored_end
-        data = bytes(self._buffer)
+        # The buffer itself goes to the bucket (no copy of the part: botocore sends a bytearray as it is,
+        # and a retried PUT sends the same object again), and a new one collects the next part: the one
+        # handed over is never changed, and only one part of the request is held at a time.
+        data, self._buffer = self._buffer, bytearray()
         try:
             version = self._store.staging.put_part(self.upload_id, number, data)
-        except ObjectStoreError as exc:
-            raise UploadStoreUnavailableError(f"upload {self.upload_id}: {exc}") from None
+        except BaseException as exc:
+            self._buffer = data  # not stored: still this request's uncommitted bytes (discard drops them)
+            if isinstance(exc, ObjectStoreError):
+                raise UploadStoreUnavailableError(f"upload {self.upload_id}: {exc}") from None
+            raise
         self._pending.append(_Part(number, start, len(data), version))
-        self._buffer.clear()
         self._at_part_end = self._whole.copy()
 
     def finish(self) -> UploadInfo:
