@@ -7,8 +7,8 @@ blocks (edge.central.tus._WRITE_BLOCK_BYTES), collected into parts and stored wi
 process's own work: the running SHA-256, the part's collection and its Content-MD5). --target ceph: a
 throwaway Ceph RGW (tests/central/ceph.py, ~15 s to start) on an Object Lock bucket, plain http, so
 botocore also hashes each body for its SigV4 signature. The write runs under a sha256-prefix checksum, so
-nothing commits (no PostgreSQL needed); its parts are deleted after each round. Prints the CPU seconds of
-this process (every thread) per round and their median; the gateway's CPU is not counted.
+nothing commits (no PostgreSQL needed); its parts are deleted after each round. Prints one JSON object:
+the CPU seconds of this process (every thread) per round and their median (the gateway's not counted).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import statistics
@@ -89,8 +90,9 @@ def main() -> None:
     total = args.mib << 20
     with _staging(args.target) as staging:
         spent = [_round(staging, total, args.part_mb << 20, block) for _ in range(args.rounds)]
-    print(f"{args.target}: {args.mib} MiB in {args.part_mb} MiB parts: CPU s per round "
-          f"{', '.join(f'{s:.3f}' for s in spent)}; median {statistics.median(spent):.3f}")
+    print(json.dumps({"target": args.target, "mib": args.mib, "part_mb": args.part_mb,
+                      "cpu_s": [round(s, 3) for s in spent],
+                      "cpu_s_median": round(statistics.median(spent), 3)}))
 
 
 if __name__ == "__main__":
