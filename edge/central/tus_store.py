@@ -1094,7 +1094,8 @@ class UploadWrite(UploadWriteBase):
 
     def _rollback(self) -> None:
         fd = self._fd_or_raise()
-        dropped = self._offset - self._committed
+        # The file's end, not the offset kept here: a failed call may have written more than it counted.
+        dropped = max(self._offset, os.fstat(fd).st_size) - self._committed
         os.ftruncate(fd, self._committed)
         os.fsync(fd)
         self._offset = self._committed
