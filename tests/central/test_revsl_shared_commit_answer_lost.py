@@ -155,12 +155,13 @@ async def _patch(session: aiohttp.ClientSession, url: str, headers: dict[str, st
 def _missing_parts(site: ReceiverSite, pg: PostgresDatabaseUnderTest, upload: str) -> list[str]:
     """The parts ``tus_upload_parts`` records for ``upload`` whose version is not in the bucket."""
     with pg.admin() as conn:
-        rows = conn.execute("SELECT part, version_id FROM tus_upload_parts WHERE upload_id = %s ORDER BY part",
-                            (upload,)).fetchall()
+        rows = conn.execute("SELECT part, version_id FROM tus_upload_parts WHERE upload_id = %s "
+                            "ORDER BY part", (upload,)).fetchall()
     listing = raw_client(site.gateway).list_object_versions(Bucket=site.bucket,
                                                             Prefix=f"uploads/{upload}/")
     there = {(v["Key"], v["VersionId"]) for v in listing.get("Versions", [])}
-    return [f"part {n} version {v}" for n, v in rows if (f"uploads/{upload}/{int(n):05d}", v) not in there]
+    return [f"part {n} version {v}" for n, v in rows
+            if (f"uploads/{upload}/{int(str(n)):05d}", v) not in there]
 
 
 @pytest.mark.parametrize("answer_lost", [True, False], ids=["commit-answer-lost", "control"])
