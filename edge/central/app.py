@@ -75,6 +75,7 @@ __all__ = [
     "MQTT_RECEIVER",
     "READINESS",
     "TUS_BASE_PATH",
+    "UPLOAD_WRITES",
     "CentralParts",
     "build_app",
     "error_response",
@@ -144,6 +145,8 @@ CENTRAL = web.AppKey("central", CentralParts)
 BOUNDS = web.AppKey("central-bounds", HttpBounds)
 METRICS = web.AppKey("central-metrics", CentralMetrics)
 READINESS = web.AppKey("central-readiness", Readiness)
+# The tus upload writes in progress ([uploads] station_max_writes, max_upload_connections).
+UPLOAD_WRITES = web.AppKey("central-upload-writes", UploadWriteSlots)
 # The MQTT receiver ([mqtt] configured): its connection and counts, for tests and the service.
 MQTT_RECEIVER: web.AppKey[Any] = web.AppKey("central-mqtt-receiver")
 
@@ -480,6 +483,7 @@ def build_app(
         per_station=config.uploads.station_max_writes,
         max_total=None if isinstance(uploads, TusUploadStore) else config.uploads.max_upload_connections)
     metrics.watch_upload_writes(lambda: writes.in_progress)
+    app[UPLOAD_WRITES] = writes
     add_tus_routes(app, uploads, base_path=TUS_BASE_PATH, identify=stations.identify,
                    chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter,
                    sign_refusal=registrar.sign_refusal, writes=writes)
