@@ -61,8 +61,8 @@ def _fail_a_commit(store: SharedTusStore, pg: PostgresDatabaseUnderTest, upload:
             if case == "rolled-back":
                 # The server refuses the commit's INSERT (the part's row is taken): the transaction is rolled
                 # back and the connection stays usable.
-                admin.execute("INSERT INTO tus_upload_parts (upload_id, part, start_offset, size, version_id) "
-                              "VALUES (%s, 1, 0, %s, 'planted')", (upload, PART))
+                admin.execute("INSERT INTO tus_upload_parts (upload_id, part, start_offset, size, "
+                              "version_id) VALUES (%s, 1, 0, %s, 'planted')", (upload, PART))
             else:
                 admin.execute("SELECT pg_terminate_backend(%s)", (_write_backend(pg),))
                 if case == "cannot-tell":
