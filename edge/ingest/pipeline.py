@@ -81,6 +81,7 @@ from edge.ingest.repository import (
     AcquisitionState,
     IngestRepository,
     ItemRecord,
+    forget_prefix_digests,
     open_rebuild,
     record_prefix_digests,
 )
@@ -292,8 +293,11 @@ class IngestPipeline:
 
         def record_reacquired() -> None:
             self.repository.entry(EntryType.REACQUIRED, work.item, reacquired)
-            if digests is not None:  # of the new copy, as its re-read found it
+            # The new copy's digests, as its re-read found them, or none: never the damaged copy's.
+            if digests is not None:
                 record_prefix_digests(self.repository.conn, work.item, digests)
+            else:
+                forget_prefix_digests(self.repository.conn, work.item)
 
         await self.commit(record_reacquired)
         work.source_read_now = done["source_reread"]

@@ -392,12 +392,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _drop_finished_prefix_digests(conn: sqlite3.Connection) -> None:
-    """Stores made before the receipt and the purge dropped an item's prefix digests (its upload's cache,
-    edge.ingest.prefix_digests) keep them for items never uploaded again: drop those."""
+    """Stores made before the receipt, the purge and a final refusal dropped an item's prefix digests (its
+    upload's cache, edge.ingest.prefix_digests) keep them for items out of the upload path: drop those."""
     with immediate_transaction(conn):
         conn.execute(
             "DELETE FROM prefix_digests WHERE item IN "
-            "(SELECT item FROM uploads WHERE state='receipted' OR purged IS NOT NULL)"
+            "(SELECT item FROM uploads WHERE state IN ('receipted', 'rejected') OR purged IS NOT NULL)"
         )
 
 

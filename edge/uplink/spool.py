@@ -195,6 +195,9 @@ class Spool:
                 "UPDATE uploads SET state=?, last_error=? WHERE item=?",
                 (UploadState.REJECTED.value, f"{code}: {detail}"[:1000], item),
             )
+            # Out of the upload path until a human requeues it (`edge uplink retry`), which then hashes
+            # the copy: its cache goes with the state change.
+            forget_prefix_digests(conn, item)
             self.store.ledger.append(EntryType.ERROR, item, data)
 
     def states(self, items: Iterable[str]) -> dict[str, UploadState]:
