@@ -110,8 +110,6 @@ _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
 _REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410", UPLOAD_LOST}
-# The stored-copy check of a transport that hashes what it sends (Link.checks_content_on_send).
-_FOUND_WHILE_SENDING = "uplink while sending (before its last chunk)"
 # Entries that go to the central at once rather than after the push delay: erasures above all.
 _URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
 # Without any new entry the ledger is still compared with the central's this often.
@@ -390,9 +388,11 @@ class UplinkService:
                 try:
                     sent = await self._upload(link, entry)
                 except StoredCopyMismatch as exc:
-                    # The transport abandoned that upload: the next attempt starts a new one.
+                    # The transport abandoned that upload: the next attempt starts a new one. It says how it
+                    # found the copy changed: hashing as it sent, or from the central's refusal of a chunk.
                     self.spool.set_upload_url(entry.item, None)
-                    self._stored_copy_damaged(entry, exc.found, _FOUND_WHILE_SENDING)
+                    how = {} if exc.refused_at is None else {"refused_chunk_at": exc.refused_at}
+                    self._stored_copy_damaged(entry, exc.found, exc.found_by, **how)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
                     return
@@ -436,9 +436,9 @@ class UplinkService:
         if found != entry.sha256:
             self._stored_copy_damaged(entry, found, "uplink before sending")
 
-    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str) -> NoReturn:
-        """On the ledger once (`error`, stage `stored copy`), held until re-acquired; raises
-        :class:`ContentUnreadable`."""
+    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str, **facts: Any) -> NoReturn:
+        """On the ledger once (`error`, stage `stored copy`, with ``facts`` of how it was found), held until
+        re-acquired; raises :class:`ContentUnreadable`."""
         reason = (
             f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
         )
@@ -452,6 +452,7 @@ class UplinkService:
                     "reason": reason,
                     "found_by": found_by,
                     "action": "held until re-acquired from its recorder",
+                    **facts,
                 },
             )
         raise ContentUnreadable(reason)
