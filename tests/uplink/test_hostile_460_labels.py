@@ -12,7 +12,14 @@ from aiohttp import web
 
 from edge.uplink.tus_client import PREFIX_SHA256, ChecksumRejected, ContentMismatch
 from tests.uplink.test_tus_client import (  # noqa: F401
-    CHUNK, HostileCentral, Served, evidence, hostile, make_client, session, upload_id,
+    CHUNK,
+    HostileCentral,
+    Served,
+    evidence,
+    hostile,
+    make_client,
+    session,
+    upload_id,
 )
 from tests.uplink.test_tus_prefix_digests import recorded
 
