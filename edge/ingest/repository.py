@@ -58,18 +58,23 @@ class AcquisitionState:
 # A re-acquisition (IngestPipeline.reacquire) opens with an `error` entry of stage `stored copy` that
 # names the temp copy it is about to write (`temp_copy`, relative to the store root), and closes with
 # `reacquired` or an `error` of stage `reacquire`. A temp copy is the station's own only while that is
-# open; anything else in tmp/ was left by something else, and `edge verify` reports it.
+# open; anything else in tmp/ was left by something else, and `edge verify` reports it. The uplink's
+# own `stored copy` entries (a damaged copy found while sending it) name no temp copy: they neither open
+# nor close a re-acquisition, and may come between the two.
 REBUILD_OPENED = "stored copy"
 REBUILD_FAILED = "reacquire"
 
 
 def open_rebuild(conn: sqlite3.Connection, item: str, temp_copy: str) -> int | None:
     """The ledger seq of the entry that opened a re-acquisition of `item` writing `temp_copy` and that
-    nothing closed since (the station stopped during it), or None."""
+    nothing closed since (the station stopped during it), or None. Only the entries that open (stage
+    `stored copy` naming a temp copy) or close one are read: never any other entry of those stages."""
     row = conn.execute(
         "SELECT seq, type, json_extract(data, '$.temp_copy') FROM ledger WHERE item=? AND (type=? OR "
-        "(type=? AND json_extract(data, '$.stage') IN (?, ?))) ORDER BY seq DESC LIMIT 1",
-        (item, EntryType.REACQUIRED.value, EntryType.ERROR.value, REBUILD_OPENED, REBUILD_FAILED),
+        "(type=? AND json_extract(data, '$.stage')=? AND json_extract(data, '$.temp_copy') IS NOT NULL) OR "
+        "(type=? AND json_extract(data, '$.stage')=?)) ORDER BY seq DESC LIMIT 1",
+        (item, EntryType.REACQUIRED.value, EntryType.ERROR.value, REBUILD_OPENED, EntryType.ERROR.value,
+         REBUILD_FAILED),
     ).fetchone()
     if row is None or row[1] != EntryType.ERROR.value or row[2] != temp_copy:
         return None
