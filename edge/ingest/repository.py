@@ -490,7 +490,12 @@ _log = logging.getLogger(__name__)
 
 def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDigests) -> None:
     """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones; none
-    (and none earlier) when they are more than :func:`load_prefix_digests` uses."""
+    (and none earlier) when they are more than :func:`load_prefix_digests` uses, or when the item is out
+    of the upload path (receipted, purged, or rejected: `edge uplink retry` then sends it hashing its
+    copy), as a re-acquisition of such an item would otherwise record them again."""
+    if _out_of_upload_path(conn, item):
+        forget_prefix_digests(conn, item)
+        return
     if not recordable(digests.size, digests.step_bytes):
         forget_prefix_digests(conn, item)
         _log.info("item %s: %d bytes at steps of %d are too many prefix digests to keep: its upload hashes "
@@ -500,6 +505,16 @@ def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDi
         "INSERT OR REPLACE INTO prefix_digests(item, step_bytes, size, digests) VALUES (?, ?, ?, ?)",
         (item, digests.step_bytes, digests.size, digests.digests),
     )
+
+
+def _out_of_upload_path(conn: sqlite3.Connection, item: str) -> bool:
+    """Whether the spool holds ``item`` as receipted, rejected or purged (the states that drop its digests:
+    edge.uplink.spool, and the store's opening for older stores)."""
+    row = conn.execute(
+        "SELECT 1 FROM uploads WHERE item=? AND (state IN ('receipted', 'rejected') OR purged IS NOT NULL)",
+        (item,),
+    ).fetchone()
+    return row is not None
 
 
 def forget_prefix_digests(conn: sqlite3.Connection, item: str) -> None:
