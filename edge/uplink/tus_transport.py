@@ -63,7 +63,7 @@ def found_at_refused_chunk(offset: int) -> str:
     """The ledger's ``found_by`` for a stored copy found changed because the central refused a chunk sent
     with its recorded prefix digest and the copy's re-read did not give that digest (nor its sealed hash)."""
     return (f"uplink after the central refused the chunk at offset {offset} (460): the stored copy's re-read "
-            "differs from the digest recorded at offload")
+            "differs from the digest recorded when the copy was verified")
 
 
 def upload_id(url: str) -> str:
@@ -145,7 +145,7 @@ class TusLink(ApiLinkCalls):
         try:
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
-            # With the prefix digests recorded at offload the chunks go without hashing the copy again.
+            # With the prefix digests recorded when the copy was verified the chunks go without hashing the copy again.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
                                            on_created=on_resume, expected_sha256=parcel.sha256,
                                            recorded=parcel.prefix_digests,

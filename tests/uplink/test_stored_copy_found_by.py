@@ -85,7 +85,7 @@ async def test_the_ledger_says_how_the_uplink_found_a_changed_stored_copy(tmp_pa
         ]
         assert found_at_refused_chunk(MIB) == (
             "uplink after the central refused the chunk at offset 1048576 (460): the stored copy's re-read "
-            "differs from the digest recorded at offload"
+            "differs from the digest recorded when the copy was verified"
         )
         # Control: hashed as it is sent, the text it always had.
         assert [(e["found_by"], "refused_chunk_at" in e) for e in found[plain[0]]] == [
