@@ -517,6 +517,13 @@ def _out_of_upload_path(conn: sqlite3.Connection, item: str) -> bool:
     return row is not None
 
 
+def release_held_upload(conn: sqlite3.Connection, item: str) -> None:
+    """The item's stored copy was replaced by a re-acquisition (inside the transaction that records it):
+    an upload held because the copy was found changed (edge.uplink.spool.hold_stored_copy) is due now."""
+    conn.execute("UPDATE uploads SET held_seq=NULL, next_attempt=0 WHERE item=? AND held_seq IS NOT NULL",
+                 (item,))
+
+
 def forget_prefix_digests(conn: sqlite3.Connection, item: str) -> None:
     """Drop ``item``'s digests (inside the caller's transaction): its uploads hash the copy."""
     conn.execute("DELETE FROM prefix_digests WHERE item=?", (item,))

@@ -71,7 +71,7 @@ from edge.runtime.supervise import wait_event
 from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.retention import PurgeBudget, RetentionClock, boot_clock
-from edge.uplink.spool import Spool, SpoolEntry, UploadState
+from edge.uplink.spool import Spool, SpoolEntry, UploadState, hold_stored_copy
 from edge.uplink.transport import (
     UPLOAD_LOST,
     Accepted,
@@ -187,8 +187,6 @@ class UplinkService:
         self._bad_receipts: set[str] = set()
         self._unverified_refusals: set[tuple[str | None, str]] = set()
         self._bad_answers: set[str] = set()
-        # Items whose stored copy was found damaged before sending: held until it is re-acquired.
-        self._damaged: set[str] = set()
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
@@ -231,9 +229,7 @@ class UplinkService:
     # -- what the offloads see (edge.sources.usb.offload.ReceiptGate) ---------------------------------
 
     def item_sealed(self, item: str) -> None:
-        if item in self._damaged:  # its stored copy was re-acquired from the recorder: send it now
-            self._damaged.discard(item)
-            self.spool.defer(item, "stored copy re-acquired", self.clock())
+        # Also told of a re-acquired item: the transaction that recorded it released its hold (spool).
         self._wake.set()
 
     async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]:
@@ -385,6 +381,8 @@ class UplinkService:
             if entry.state is UploadState.QUEUED:
                 if not link.checks_content_on_send:
                     await self._check_stored_copy(entry)
+                # A re-acquisition recorded after this replaced the copy being sent (hold_stored_copy).
+                sending_after = self.store.ledger.head()[0]
                 try:
                     sent = await self._upload(link, entry)
                 except StoredCopyMismatch as exc:
@@ -392,7 +390,8 @@ class UplinkService:
                     # found the copy changed: hashing as it sent, or from the central's refusal of a chunk.
                     self.spool.set_upload_url(entry.item, None)
                     how = {} if exc.refused_at is None else {"refused_chunk_at": exc.refused_at}
-                    self._stored_copy_damaged(entry, exc.found, exc.found_by, **how)
+                    self._stored_copy_damaged(entry, exc.found, exc.found_by, checked_after=sending_after,
+                                              **how)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
                     return
@@ -428,33 +427,36 @@ class UplinkService:
     async def _check_stored_copy(self, entry: SpoolEntry) -> None:
         """Before the first byte is sent, the stored copy must still give the recorded hash: a damaged
         copy would be refused by the central for good, while its recorder may still hold the file. A
-        damaged copy is on the ledger once (`error`, stage `stored copy`) and held (retried slowly);
+        damaged copy is on the ledger once (`error`, stage `stored copy`) and held: not sent again until
         the next docking of a recorder that still holds the file re-acquires it
-        (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once."""
+        (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once, or an
+        operator releases it (`edge uplink retry ITEM`)."""
+        checked_after = self.store.ledger.head()[0]
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _prefix_sha256, entry.path, entry.size)
         if found != entry.sha256:
-            self._stored_copy_damaged(entry, found, "uplink before sending")
+            self._stored_copy_damaged(entry, found, "uplink before sending", checked_after=checked_after)
 
-    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str, **facts: Any) -> NoReturn:
-        """On the ledger once (`error`, stage `stored copy`, with ``facts`` of how it was found), held until
-        re-acquired; raises :class:`ContentUnreadable`."""
+    def _stored_copy_damaged(
+        self, entry: SpoolEntry, found: str, found_by: str, *, checked_after: int = 0, **facts: Any
+    ) -> NoReturn:
+        """On the ledger once (`error`, stage `stored copy`, with ``facts`` of how it was found) and held
+        in state.db in the same transaction (edge.uplink.spool.hold_stored_copy): not sent again until
+        re-acquired or released by an operator, across restarts. ``checked_after``: the ledger head when
+        the copy began to be read (a re-acquisition recorded after it replaced that copy: not held).
+        Raises :class:`ContentUnreadable`."""
         reason = (
             f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
         )
-        if entry.item not in self._damaged:
-            self._damaged.add(entry.item)
-            self.store.record(
-                EntryType.ERROR,
-                entry.item,
-                {
-                    "stage": "stored copy",
-                    "reason": reason,
-                    "found_by": found_by,
-                    "action": "held until re-acquired from its recorder",
-                    **facts,
-                },
-            )
+        data = {
+            "stage": "stored copy",
+            "reason": reason,
+            "found_by": found_by,
+            "action": "held until re-acquired from its recorder",
+            **facts,
+        }
+        if hold_stored_copy(self.store, entry.item, data, checked_after=checked_after) is not None:
+            log.error("%s; held until re-acquired or released (edge uplink retry)", reason)
         raise ContentUnreadable(reason)
 
     async def _upload(self, link: Link, entry: SpoolEntry) -> UploadOutcome:

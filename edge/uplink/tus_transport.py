@@ -145,7 +145,8 @@ class TusLink(ApiLinkCalls):
         try:
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
-            # With the prefix digests recorded when the copy was verified the chunks go without hashing the copy again.
+            # With the prefix digests recorded when the copy was verified the chunks go without hashing
+            # the copy again.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
                                            on_created=on_resume, expected_sha256=parcel.sha256,
                                            recorded=parcel.prefix_digests,

@@ -11,6 +11,7 @@ chunk after the offload verified it. No recorder docks again: nothing can re-acq
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,12 @@ async def test_a_held_copy_is_not_sent_again_until_it_is_re_acquired(
                                          for e in store.ledger.entries()), timeout_s=120)
             assert created() == 1  # control: found on its first upload
             held_at = attempts()
-            # Held: wait past the next retry (60 s at least), with no docking in between.
-            await eventually(lambda: attempts() > held_at, timeout_s=150)
+            retry_due_at = float(store.conn.execute(
+                "SELECT next_attempt FROM uploads WHERE item=?", (item,)).fetchone()[0])
+            # Held: wait past the time its next retry was due (60 s at least), with no docking in between.
+            # (Not until the attempts grow: a held item is not tried again, so they never would.)
+            await eventually(lambda: time.time() > retry_due_at + 20, timeout_s=150)
+            assert attempts() == held_at, "a held item was tried again"
         finally:
             await running.stop()
         assert station.ledger("reacquired") == []
