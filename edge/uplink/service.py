@@ -24,11 +24,13 @@ put on the ledger once. A final refusal goes into the item's `error` ledger entr
 `edge uplink retry` requeues the item later (`edge.uplink.requeue`). An item's stored copy must still
 give its recorded hash before the central holds all of it: a damaged copy is never sent whole (the
 central would refuse it for good while its recorder may still hold the file); it is on the ledger once
-and held until a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at
-once. A transport that checks the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
-on that pass, before the central holds it whole, and abandons the upload (tus hashes each chunk, or
-sends the prefix digests the verification re-read recorded at offload, which the central checks against
-the bytes it receives); for any other, the copy is read and hashed before its first byte is sent.
+and held, in state.db (`edge.uplink.spool.hold_stored_copy`: never retried, across restarts), until a
+docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at once, or an
+operator releases it (`edge uplink retry ITEM`). A transport that checks the copy as it sends it (tus:
+``Link.checks_content_on_send``) checks it on that pass, before the central holds it whole, and abandons
+the upload (tus hashes each chunk, or sends the prefix digests recorded when the copy was verified, at
+offload or by a re-acquisition's re-read, which the central checks against the bytes it receives); for
+any other, the copy is read and hashed before its first byte is sent.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
