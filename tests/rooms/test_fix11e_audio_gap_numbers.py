@@ -75,8 +75,8 @@ async def test_at_a_stop_during_a_stall_the_sound_gap_and_the_stall_end_at_the_s
     for gap in (audio, picture):
         ended = ns_from_wall_text(gap["to"])
         assert ended is not None and ended >= stop_ns, (gap, stop_ns)
-    # The stall's start is the last media's arrival, when the simulator's pause began (give or take the read of
-    # its last packet), not when the stall was detected.
+    # The stall's start is the last media's arrival, when the simulator's pause began (give or take the read
+    # of its last packet), not when the stall was detected.
     stalled_from = ns_from_wall_text(picture["from"])
     assert stalled_from is not None and stalled_from <= began_ns + LAST_READ_SLACK_NS, (picture, began_ns)
     assert abs(audio["stalled_s"] - picture["duration_s"]) <= ARRIVAL_SLACK_S, gaps
