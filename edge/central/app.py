@@ -42,7 +42,7 @@ from edge.central.http_server import (
     request_middleware,
 )
 from edge.central.identity import load_signing_key
-from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
+from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter, UploadWriteSlots
 from edge.central.lock_extensions import lock_extension_task
 from edge.central.log import MerkleLog
 from edge.central.metrics import CentralMetrics
@@ -75,6 +75,7 @@ __all__ = [
     "MQTT_RECEIVER",
     "READINESS",
     "TUS_BASE_PATH",
+    "UPLOAD_WRITES",
     "CentralParts",
     "build_app",
     "error_response",
@@ -144,6 +145,8 @@ CENTRAL = web.AppKey("central", CentralParts)
 BOUNDS = web.AppKey("central-bounds", HttpBounds)
 METRICS = web.AppKey("central-metrics", CentralMetrics)
 READINESS = web.AppKey("central-readiness", Readiness)
+# The tus upload writes in progress ([uploads] station_max_writes, max_upload_connections).
+UPLOAD_WRITES = web.AppKey("central-upload-writes", UploadWriteSlots)
 # The MQTT receiver ([mqtt] configured): its connection and counts, for tests and the service.
 MQTT_RECEIVER: web.AppKey[Any] = web.AppKey("central-mqtt-receiver")
 
@@ -474,9 +477,16 @@ def build_app(
     add_health_routes(app, app[READINESS])
     app.on_response_prepare.append(add_response_headers(TUS_BASE_PATH))
     stations = StationEndpoints(parts, metrics)
+    # Each write of the shared store holds a PostgreSQL connection (and up to a part in memory) for its
+    # whole request: bounded on the receiver; the local store's only per station.
+    writes = UploadWriteSlots(
+        per_station=config.uploads.station_max_writes,
+        max_total=None if isinstance(uploads, TusUploadStore) else config.uploads.max_upload_connections)
+    metrics.watch_upload_writes(lambda: writes.in_progress)
+    app[UPLOAD_WRITES] = writes
     add_tus_routes(app, uploads, base_path=TUS_BASE_PATH, identify=stations.identify,
                    chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter,
-                   sign_refusal=registrar.sign_refusal)
+                   sign_refusal=registrar.sign_refusal, writes=writes)
     app.router.add_get("/v1/stations/{station}/ledger/head", stations.ledger_head)
     app.router.add_post("/v1/stations/{station}/ledger", stations.post_ledger)
     app.router.add_post("/v1/stations/{station}/items", stations.post_item)

@@ -470,6 +470,24 @@ class UploadsSection(StrictModel):
         "a creation beyond it gets 507 quota_exceeded with Retry-After",
     )
 
+    max_upload_connections: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="With PostgreSQL and S3 (several receivers): upload writes (a PATCH, a creation with a "
+        "body) in progress at once on this receiver, each holding a PostgreSQL connection of its own for "
+        "its whole request; more get 503 uploads_busy with Retry-After. Count it, per receiver, in the "
+        "server's max_connections (default 100)",
+    )
+    station_max_writes: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Upload writes (a PATCH, a creation with a body) of one station in progress at once on "
+        "this receiver; more get 429 too_many_writes with Retry-After (the station's uplink.concurrency, "
+        "default 2, is what it needs)",
+    )
+
     @model_validator(mode="after")
     def _largest_upload_fits_the_quota(self) -> UploadsSection:
         if self.station_quota_mb < self.max_size_mb:

@@ -8,14 +8,18 @@ would only move the memory and the waiting from the application into the socket 
 client of the central (the station uplink, tus clients) retries a 503 after the delay it names.
 
 Upload bodies are not counted in the budget: the tus server streams them to disk in blocks of at most
-1 MiB per request, so their memory is bounded by the request limit.
+1 MiB per request, so their memory is bounded by the request limit. Upload *writes* have their own bound,
+:class:`UploadWriteSlots`: at most so many of one station, and (with the shared store, where each holds a
+PostgreSQL connection and up to one part in memory for its whole request) at most so many on the
+receiver, checked before the request touches the database.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-__all__ = ["BodyBudget", "HttpBounds", "RequestLimiter"]
+__all__ = ["BodyBudget", "HttpBounds", "RequestLimiter", "UploadWriteSlots", "WritesFull"]
 
 
 class RequestLimiter:
@@ -93,6 +97,69 @@ class BodyBudget:
         if not 0 <= n <= self._held:
             raise RuntimeError(f"BodyBudget.release({n}) with {self._held} bytes held")
         self._held -= n
+
+
+class WritesFull(StrEnum):
+    """Why :meth:`UploadWriteSlots.try_enter` refused."""
+
+    STATION = "station"  # the station has its share in progress
+    RECEIVER = "receiver"  # the receiver has its maximum in progress
+
+
+class UploadWriteSlots:
+    """Upload writes in progress: at most ``per_station`` of one station and, unless ``max_total`` is None,
+    at most ``max_total`` over the receiver. Event-loop only, like :class:`RequestLimiter`: a request that
+    does not fit is refused at once (not queued), before it takes a database connection."""
+
+    def __init__(self, *, per_station: int, max_total: int | None) -> None:
+        if per_station < 1:
+            raise ValueError(f"per_station must be >= 1, got {per_station}")
+        if max_total is not None and max_total < 1:
+            raise ValueError(f"max_total must be >= 1 or None, got {max_total}")
+        self.per_station = per_station
+        self.max_total = max_total
+        self._of_station: dict[str, int] = {}
+        self._in_progress = 0
+        self.refused = {WritesFull.STATION: 0, WritesFull.RECEIVER: 0}
+
+    def __repr__(self) -> str:
+        return (f"UploadWriteSlots({self._in_progress}/{self.max_total} in progress, "
+                f"{self.per_station} per station, refused {dict(self.refused)})")
+
+    @property
+    def in_progress(self) -> int:
+        return self._in_progress
+
+    def of_station(self, station: str) -> int:
+        return self._of_station.get(station, 0)
+
+    def full_for(self, station: str) -> WritesFull | None:
+        """Whether one more write of ``station`` would be refused now, and why (nothing counted)."""
+        if self.of_station(station) >= self.per_station:
+            return WritesFull.STATION
+        if self.max_total is not None and self._in_progress >= self.max_total:
+            return WritesFull.RECEIVER
+        return None
+
+    def try_enter(self, station: str) -> WritesFull | None:
+        """Count one more write of ``station``, or say why not (and count the refusal)."""
+        full = self.full_for(station)
+        if full is not None:
+            self.refused[full] += 1
+            return full
+        self._of_station[station] = self.of_station(station) + 1
+        self._in_progress += 1
+        return None
+
+    def leave(self, station: str) -> None:
+        held = self.of_station(station)
+        if held <= 0:
+            raise RuntimeError(f"UploadWriteSlots.leave({station!r}) without a matching try_enter()")
+        if held == 1:
+            del self._of_station[station]  # stations that write no more leave no entry behind
+        else:
+            self._of_station[station] = held - 1
+        self._in_progress -= 1
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ What is counted, and where:
   minute (:mod:`edge.central.record_rate`: a revoked station's certificate still completes TLS and the
   broker's stations can publish thousands a second); each is still refused, and the next one recorded
   says how many were not. A steady rise: some holder of a revoked certificate keeps trying.
+- ``edge_central_upload_writes``: tus upload writes in progress on this receiver, read when scraped (with
+  PostgreSQL and S3 each holds a database connection); writes refused beyond ``[uploads]
+  station_max_writes`` and ``max_upload_connections`` count in ``edge_central_refusals_total`` as
+  ``too_many_writes`` and ``uploads_busy``.
 - ``edge_central_recorders_overdue``: recorders overdue over the latest fleet report of every station
   (:func:`edge.central.equipment.is_overdue`: as the station said, or out past its due time by now), read
   when scraped. Alert above 0.
@@ -251,6 +255,13 @@ class CentralMetrics:
             "Refusals of a station or reader not written to the index because it was refused more than a "
             "burst, then more than the per-minute rate (each still refused; the next recorded says how many)",
             not_recorded))
+
+    def watch_upload_writes(self, in_progress: Callable[[], int]) -> None:
+        """Report the upload writes in progress (each holds a database connection with the shared
+        store), read when scraped."""
+        self.registry.register(_GaugeCollector(
+            "edge_central_upload_writes",
+            "tus upload writes (PATCH, creation with a body) in progress on this receiver", in_progress))
 
     def watch_fleet(self, overdue: Callable[[], int]) -> None:
         """Report the recorders overdue agency-wide (the stations' fleet reports), read when scraped."""

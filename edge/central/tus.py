@@ -28,7 +28,11 @@ count content bytes, and nothing is decoded.
 Bounds: a creation that would take the station's uploads not yet registered beyond its quota gets
 ``507 quota_exceeded`` with ``Retry-After``. 507 and not 413, because it passes (as uploads complete and
 register, or expire) and tus clients retry a 5xx but treat a 413 as final. When the application's request
-limiter is saturated, ``Expect: 100-continue`` requests get their 503 before they send a body.
+limiter is saturated, ``Expect: 100-continue`` requests get their 503 before they send a body. Upload
+writes (a PATCH, a creation with a body) take a slot of the application's
+:class:`~edge.central.limits.UploadWriteSlots` right after the caller is identified, before the store
+is asked anything: a station with its share in progress gets ``429 too_many_writes``, a receiver at its
+maximum ``503 uploads_busy``, both with ``Retry-After`` (and before the body under ``Expect``).
 
 Choices the protocol leaves open:
 
@@ -60,7 +64,7 @@ import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,7 +74,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.central.background import periodic_task
 from edge.central.http_server import CLIENT_GONE
-from edge.central.limits import RequestLimiter
+from edge.central.limits import RequestLimiter, UploadWriteSlots, WritesFull
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.tus_contract import TusStore, UploadAppend, UploadStoreUnavailableError
 from edge.central.tus_store import (
@@ -463,8 +467,10 @@ class _TusEndpoints:
         on_complete: OnComplete | None,
         limiter: RequestLimiter | None,
         sign_refusal: SignRefusal | None = None,
+        writes: UploadWriteSlots | None = None,
     ) -> None:
         self._store = store
+        self._writes = writes
         self._sign_refusal = sign_refusal
         self._identify = identify
         self._chunk_timeout_s = chunk_timeout_s
@@ -520,6 +526,43 @@ class _TusEndpoints:
                 return response
 
         return wrapped
+
+    def _writes_full(self, station: str, full: WritesFull) -> TusRequestError:
+        assert self._writes is not None
+        retry = {"Retry-After": str(self._retry_after_s)}
+        if full is WritesFull.STATION:
+            # 429: this station's share, not the receiver, is used up; the station's client retries it.
+            return TusRequestError(
+                429, "too_many_writes",
+                f"station {station} has {self._writes.of_station(station)} uploads being written on this "
+                f"receiver, its maximum ([uploads] station_max_writes); retry after {self._retry_after_s} s",
+                headers=retry)
+        return TusRequestError(
+            503, "uploads_busy",
+            f"the central is writing {self._writes.in_progress} uploads at once, its configured maximum "
+            f"([uploads] max_upload_connections); retry after {self._retry_after_s} s", headers=retry)
+
+    def _refuse_if_writes_full(self, station: str) -> None:
+        """Before ``100 Continue``: refuse a write that would not get a slot (nothing counted)."""
+        full = None if self._writes is None else self._writes.full_for(station)
+        if full is not None:
+            raise self._writes_full(station, full)
+
+    @contextlib.contextmanager
+    def _write_slot(self, station: str) -> Iterator[None]:
+        """One of the receiver's upload-write slots for ``station``'s request, taken before the request
+        touches the store and held until its write is closed; refused (429 or 503 with Retry-After) when
+        the station or the receiver has its maximum in progress."""
+        if self._writes is None:
+            yield
+            return
+        full = self._writes.try_enter(station)
+        if full is not None:
+            raise self._writes_full(station, full)
+        try:
+            yield
+        finally:
+            self._writes.leave(station)
 
     @staticmethod
     def _check_version(request: web.Request) -> None:
@@ -754,8 +797,8 @@ class _TusEndpoints:
         )
         return web.Response(status=204, headers=headers)
 
-    async def _check_create(self, request: web.Request) -> _Creation:
-        """Everything about a creation request that the headers alone decide."""
+    async def _create_caller(self, request: web.Request) -> str:
+        """The station of a creation request (its version and method checked first)."""
         self._check_version(request)
         override = _single_header(request, "X-HTTP-Method-Override")
         if override is not None and override.upper() != "POST":
@@ -764,7 +807,10 @@ class _TusEndpoints:
                 "bad_header",
                 f"X-HTTP-Method-Override: the creation URL takes POST, got {override[:20]!r}",
             )
-        station = await self._caller(request)
+        return await self._caller(request)
+
+    async def _check_create(self, request: web.Request, station: str) -> _Creation:
+        """Everything else about ``station``'s creation request that the headers alone decide."""
         for unsupported in ("Upload-Defer-Length", "Upload-Concat"):
             if unsupported in request.headers:
                 raise TusRequestError(
@@ -817,7 +863,12 @@ class _TusEndpoints:
         )
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        creation = await self._check_create(request)
+        station = await self._create_caller(request)
+        # A creation with a body writes (a slot); one without only adds a record.
+        with self._write_slot(station) if request.body_exists else contextlib.nullcontext():
+            return await self._create(request, await self._check_create(request, station))
+
+    async def _create(self, request: web.Request, creation: _Creation) -> web.StreamResponse:
         try:
             info = await _blocking(self._store.create, creation.station, creation.length, creation.metadata)
         except UploadTooLargeError as exc:
@@ -856,10 +907,15 @@ class _TusEndpoints:
             headers["Upload-Metadata"] = encode_upload_metadata(info.metadata)
         return web.Response(status=200, headers=headers)
 
-    async def _check_patch(self, request: web.Request) -> tuple[UploadInfo, ChunkChecksum | None]:
-        """Everything about an append that the headers alone decide."""
+    async def _patch_caller(self, request: web.Request) -> str:
+        """The station of an append (its version checked first)."""
         self._check_version(request)
-        station = await self._caller(request)
+        return await self._caller(request)
+
+    async def _check_patch(
+        self, request: web.Request, station: str
+    ) -> tuple[UploadInfo, ChunkChecksum | None]:
+        """Everything else about ``station``'s append that the headers alone decide."""
         info = await self._owned(request, station)
         self._check_body_type(request)
         raw_offset = _single_header(request, "Upload-Offset")
@@ -880,7 +936,14 @@ class _TusEndpoints:
         return info, checksum
 
     async def patch(self, request: web.Request) -> web.StreamResponse:
-        info, checksum = await self._check_patch(request)
+        station = await self._patch_caller(request)
+        # Taken before the store is asked anything: a station over its share, or a receiver at its
+        # maximum, is answered at once without a database connection.
+        with self._write_slot(station):
+            return await self._patch(request, station)
+
+    async def _patch(self, request: web.Request, station: str) -> web.StreamResponse:
+        info, checksum = await self._check_patch(request, station)
         if info.complete:
             # Never open a finished upload's file again: registration may have linked it into the
             # object store, and it is evidence from then on.
@@ -917,11 +980,15 @@ class _TusEndpoints:
                     headers={"Retry-After": str(self._retry_after_s)},
                 )
             if "upload_id" not in request.match_info:
-                await self._check_create(request)
+                station = await self._create_caller(request)
+                self._refuse_if_writes_full(station)
+                await self._check_create(request, station)
             elif request.method == "PATCH" or (
                 request.headers.get("X-HTTP-Method-Override", "").strip().upper() == "PATCH"
             ):
-                await self._check_patch(request)
+                station = await self._patch_caller(request)
+                self._refuse_if_writes_full(station)
+                await self._check_patch(request, station)
         except TusRequestError as err:
             log.info(
                 "tus %s %r refused before its body: %d %s: %s",
@@ -986,15 +1053,17 @@ def add_tus_routes(
     on_complete: OnComplete | None = None,
     limiter: RequestLimiter | None = None,
     sign_refusal: SignRefusal | None = None,
+    writes: UploadWriteSlots | None = None,
 ) -> None:
     """Mount the tus endpoints: ``base_path`` (OPTIONS, POST) and ``base_path/{upload_id}`` (OPTIONS,
     HEAD, PATCH, DELETE, POST with X-HTTP-Method-Override). ``limiter``: the application's request
     limiter, consulted before ``100 Continue`` (it is applied by the application's middleware).
-    ``sign_refusal``: signs the one final refusal of this layer, an upload longer than the maximum."""
+    ``sign_refusal``: signs the one final refusal of this layer, an upload longer than the maximum.
+    ``writes``: the receiver's upload-write slots (per station, and in all), None: unbounded."""
     if chunk_timeout_s <= 0:
         raise ValueError(f"chunk_timeout_s must be > 0, got {chunk_timeout_s}")
     base = "/" + base_path.strip("/")
-    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete, limiter, sign_refusal)
+    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete, limiter, sign_refusal, writes)
     guard = endpoints.guarded
     item = base + "/{upload_id}"
     expect = endpoints.expect

@@ -94,9 +94,10 @@ class TusStaging:
         """Where the server-side copy into the content object reads a committed part."""
         return CopySource(self.key(upload_id, part), version_id, size, self.bucket)
 
-    def put_part(self, upload_id: str, part: int, data: bytes) -> str:
+    def put_part(self, upload_id: str, part: int, data: bytes | bytearray) -> str:
         """Store one part; returns its version id. Raises :class:`ObjectStoreError` (unavailable or
-        refused)."""
+        refused). ``data`` is sent as it is, a bytearray without a copy: it must not change until this
+        returns (botocore's retries send the same object again)."""
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         try:
             answer = self.client.put_object(Bucket=self.bucket, Key=self.key(upload_id, part), Body=data,

@@ -59,7 +59,7 @@ import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +91,7 @@ __all__ = [
     "UploadTooLargeError",
     "UploadWrite",
     "UploadWriteBase",
+    "UploadWriteFailedError",
     "is_upload_id",
 ]
 
@@ -202,6 +203,11 @@ class OffsetMismatchError(TusStoreError):
 
 class ChecksumMismatchError(TusStoreError):
     """A chunk's digest differs from the one its request declared; the chunk was discarded."""
+
+
+class UploadWriteFailedError(TusStoreError):
+    """A write handle refuses to write or commit: one of its earlier calls failed (see
+    :meth:`UploadWriteBase._failing_for_good`)."""
 
 
 def is_upload_id(text: str) -> bool:
@@ -864,6 +870,8 @@ class UploadWriteBase(ABC):
 
     _info: UploadInfo
     _checksum: ChunkChecksum | None
+    # The first exception a write or commit call of this handle raised (see _failing_for_good).
+    _failed: BaseException | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -900,9 +908,44 @@ class UploadWriteBase(ABC):
     def write_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append ``pieces`` in order; raises :class:`UploadTooLargeError` (writing nothing) past the
         length."""
-        self._check_room(sum(len(piece) for piece in pieces))
-        for piece in pieces:
-            self.write(piece)
+        with self._failing_for_good("write"):
+            self._check_room(sum(len(piece) for piece in pieces))
+            for piece in pieces:
+                self.write(piece)
+
+    @contextlib.contextmanager
+    def _failing_for_good(self, call: str) -> Iterator[None]:
+        """Around every call that writes or commits (``call`` names it): refused with
+        :class:`UploadWriteFailedError` once an earlier such call (or a discard) raised, and its own
+        exception remembered. A call that raised may have stored, hashed or committed part of what it
+        was given (a short write, a stored part whose commit failed, a record written but not synced),
+        so nothing after it can extend the upload: only :meth:`discard` and :meth:`close` still run, and
+        the upload stays at what was committed before. The HTTP layer stops at the first failure too
+        (``edge.central.tus._WriteBehind``); this is the store's own guard, whoever calls it."""
+        if self._failed is not None:
+            earlier = self._failed
+            raise UploadWriteFailedError(
+                f"upload {self.upload_id}: {call} refused: an earlier call of this write failed "
+                f"({type(earlier).__name__}: {str(earlier)[:300]}); nothing more is stored or committed, "
+                f"the upload stays at offset {self._info.offset}"
+            ) from earlier
+        try:
+            yield
+        except BaseException as exc:
+            if self._failed is None:
+                self._failed = exc
+            raise
+
+    @contextlib.contextmanager
+    def _remembering_failure(self) -> Iterator[None]:
+        """Around a discard: never refused (it writes nothing new), but its failure is remembered (the
+        bytes it should have dropped may still be there, so no later call may commit them)."""
+        try:
+            yield
+        except BaseException as exc:
+            if self._failed is None:
+                self._failed = exc
+            raise
 
     def _check_room(self, size: int) -> None:
         if self.offset + size > self._info.length:
@@ -932,7 +975,9 @@ class UploadWrite(UploadWriteBase):
     """One request's append to one upload. Synchronous; the HTTP layer runs it in a worker thread.
 
     Call :meth:`write` for each block, then exactly one of :meth:`finish` (the body ended normally),
-    :meth:`keep` (it ended early: stall, disconnect) or :meth:`discard`, and always :meth:`close`.
+    :meth:`keep` (it ended early: stall, disconnect) or :meth:`discard`, and always :meth:`close`. Once
+    a write or commit call raised, every later one raises :class:`UploadWriteFailedError` (see
+    :meth:`UploadWriteBase._failing_for_good`).
     """
 
     def __init__(
@@ -977,18 +1022,19 @@ class UploadWrite(UploadWriteBase):
         """Append ``pieces`` in order with one ``pwritev`` (no joined copy of them); raises
         :class:`UploadTooLargeError` (writing nothing) past the length."""
         fd = self._fd_or_raise()
-        size = sum(len(piece) for piece in pieces)
-        self._check_room(size)
-        _pwrite_all(fd, pieces, self._offset)
-        for piece in pieces:
-            if self._chunk_hasher is not None:
-                self._chunk_hasher.update(piece)
-            if self._whole is not None:
-                self._whole.update(piece)
-        self._offset += size
-        log.debug("upload %s: wrote %d bytes, now at %d", self.upload_id, size, self._offset)
-        if self._checksum is None and self._offset - self._committed >= self._commit_every_bytes:
-            self._commit()
+        with self._failing_for_good("write"):
+            size = sum(len(piece) for piece in pieces)
+            self._check_room(size)
+            _pwrite_all(fd, pieces, self._offset)
+            for piece in pieces:
+                if self._chunk_hasher is not None:
+                    self._chunk_hasher.update(piece)
+                if self._whole is not None:
+                    self._whole.update(piece)
+            self._offset += size
+            log.debug("upload %s: wrote %d bytes, now at %d", self.upload_id, size, self._offset)
+            if self._checksum is None and self._offset - self._committed >= self._commit_every_bytes:
+                self._commit()
 
     def finish(self) -> UploadInfo:
         """End of the body: verify the chunk checksum (if any) and commit.
@@ -997,28 +1043,32 @@ class UploadWrite(UploadWriteBase):
         :class:`ChecksumMismatchError` is raised.
         """
         self._fd_or_raise()
-        if self._checksum is not None:
-            hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk_hasher
-            assert hasher is not None  # the prefix hasher is rebuilt in __init__ when a restart lost it
-            got = hasher.digest()
-            if not hmac.compare_digest(got, self._checksum.digest):
-                received = self._offset - self._committed
-                self._rollback()
-                raise self._mismatch(got, at=self._committed, received=received, whole=hasher is self._whole)
-        return self._commit()
+        with self._failing_for_good("finish"):
+            if self._checksum is not None:
+                hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk_hasher
+                assert hasher is not None  # the prefix hasher is rebuilt in __init__ when a restart lost it
+                got = hasher.digest()
+                if not hmac.compare_digest(got, self._checksum.digest):
+                    received = self._offset - self._committed
+                    self._rollback()
+                    raise self._mismatch(got, at=self._committed, received=received,
+                                         whole=hasher is self._whole)
+            return self._commit()
 
     def keep(self) -> UploadInfo:
         """The body ended early: keep what arrived when it needs no verification, else drop it."""
         self._fd_or_raise()
-        if self._checksum is not None:
-            return self.discard()
-        return self._commit()
+        with self._failing_for_good("keep"):
+            if self._checksum is not None:
+                return self.discard()
+            return self._commit()
 
     def discard(self) -> UploadInfo:
-        """Drop everything since the last commit."""
+        """Drop everything since the last commit (after a failed call, whatever it may have written)."""
         self._fd_or_raise()
-        if self._offset != self._committed:
-            self._rollback()
+        with self._remembering_failure():
+            if self._uncommitted_in_file():
+                self._rollback()
         return self._info
 
     def close(self) -> None:
@@ -1026,7 +1076,7 @@ class UploadWrite(UploadWriteBase):
         if self._fd is None:
             return
         try:
-            if self._offset != self._committed:
+            if self._uncommitted_in_file():
                 self._rollback()
         finally:
             fd, self._fd = self._fd, None
@@ -1035,9 +1085,17 @@ class UploadWrite(UploadWriteBase):
             finally:
                 self._store._release(self._state)
 
+    def _uncommitted_in_file(self) -> bool:
+        """Whether the file holds bytes past the committed offset: the ones written since, or after a
+        failed call whatever it wrote without counting it (a short ``pwritev``, then an error)."""
+        if self._offset != self._committed:
+            return True
+        return self._failed is not None and os.fstat(self._fd_or_raise()).st_size != self._committed
+
     def _rollback(self) -> None:
         fd = self._fd_or_raise()
-        dropped = self._offset - self._committed
+        # The file's end, not the offset kept here: a failed call may have written more than it counted.
+        dropped = max(self._offset, os.fstat(fd).st_size) - self._committed
         os.ftruncate(fd, self._committed)
         os.fsync(fd)
         self._offset = self._committed
@@ -1053,6 +1111,10 @@ class UploadWrite(UploadWriteBase):
 
     def _commit(self) -> UploadInfo:
         fd = self._fd_or_raise()
+        with self._failing_for_good("commit"):
+            return self._commit_written(fd)
+
+    def _commit_written(self, fd: int) -> UploadInfo:
         if self._offset == self._committed:
             return self._info
         # Once per chunk (the uplink's 8 MiB PATCH): this fsync, the record's atomic write (its own fsync,

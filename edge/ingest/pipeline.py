@@ -81,8 +81,10 @@ from edge.ingest.repository import (
     AcquisitionState,
     IngestRepository,
     ItemRecord,
+    forget_prefix_digests,
     open_rebuild,
     record_prefix_digests,
+    release_held_upload,
 )
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
@@ -292,8 +294,13 @@ class IngestPipeline:
 
         def record_reacquired() -> None:
             self.repository.entry(EntryType.REACQUIRED, work.item, reacquired)
-            if digests is not None:  # of the new copy, as its re-read found it
+            # A copy the uplink found changed and held is replaced: it goes again (held state in state.db).
+            release_held_upload(self.repository.conn, work.item)
+            # The new copy's digests, as its re-read found them, or none: never the damaged copy's.
+            if digests is not None:
                 record_prefix_digests(self.repository.conn, work.item, digests)
+            else:
+                forget_prefix_digests(self.repository.conn, work.item)
 
         await self.commit(record_reacquired)
         work.source_read_now = done["source_reread"]

@@ -58,18 +58,23 @@ class AcquisitionState:
 # A re-acquisition (IngestPipeline.reacquire) opens with an `error` entry of stage `stored copy` that
 # names the temp copy it is about to write (`temp_copy`, relative to the store root), and closes with
 # `reacquired` or an `error` of stage `reacquire`. A temp copy is the station's own only while that is
-# open; anything else in tmp/ was left by something else, and `edge verify` reports it.
+# open; anything else in tmp/ was left by something else, and `edge verify` reports it. The uplink's
+# own `stored copy` entries (a damaged copy found while sending it) name no temp copy: they neither open
+# nor close a re-acquisition, and may come between the two.
 REBUILD_OPENED = "stored copy"
 REBUILD_FAILED = "reacquire"
 
 
 def open_rebuild(conn: sqlite3.Connection, item: str, temp_copy: str) -> int | None:
     """The ledger seq of the entry that opened a re-acquisition of `item` writing `temp_copy` and that
-    nothing closed since (the station stopped during it), or None."""
+    nothing closed since (the station stopped during it), or None. Only the entries that open (stage
+    `stored copy` naming a temp copy) or close one are read: never any other entry of those stages."""
     row = conn.execute(
         "SELECT seq, type, json_extract(data, '$.temp_copy') FROM ledger WHERE item=? AND (type=? OR "
-        "(type=? AND json_extract(data, '$.stage') IN (?, ?))) ORDER BY seq DESC LIMIT 1",
-        (item, EntryType.REACQUIRED.value, EntryType.ERROR.value, REBUILD_OPENED, REBUILD_FAILED),
+        "(type=? AND json_extract(data, '$.stage')=? AND json_extract(data, '$.temp_copy') IS NOT NULL) OR "
+        "(type=? AND json_extract(data, '$.stage')=?)) ORDER BY seq DESC LIMIT 1",
+        (item, EntryType.REACQUIRED.value, EntryType.ERROR.value, REBUILD_OPENED, EntryType.ERROR.value,
+         REBUILD_FAILED),
     ).fetchone()
     if row is None or row[1] != EntryType.ERROR.value or row[2] != temp_copy:
         return None
@@ -485,7 +490,12 @@ _log = logging.getLogger(__name__)
 
 def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDigests) -> None:
     """Keep ``digests`` for ``item`` (inside the caller's transaction), replacing any earlier ones; none
-    (and none earlier) when they are more than :func:`load_prefix_digests` uses."""
+    (and none earlier) when they are more than :func:`load_prefix_digests` uses, or when the item is out
+    of the upload path (receipted, purged, or rejected: `edge uplink retry` then sends it hashing its
+    copy), as a re-acquisition of such an item would otherwise record them again."""
+    if _out_of_upload_path(conn, item):
+        forget_prefix_digests(conn, item)
+        return
     if not recordable(digests.size, digests.step_bytes):
         forget_prefix_digests(conn, item)
         _log.info("item %s: %d bytes at steps of %d are too many prefix digests to keep: its upload hashes "
@@ -495,6 +505,23 @@ def record_prefix_digests(conn: sqlite3.Connection, item: str, digests: PrefixDi
         "INSERT OR REPLACE INTO prefix_digests(item, step_bytes, size, digests) VALUES (?, ?, ?, ?)",
         (item, digests.step_bytes, digests.size, digests.digests),
     )
+
+
+def _out_of_upload_path(conn: sqlite3.Connection, item: str) -> bool:
+    """Whether the spool holds ``item`` as receipted, rejected or purged (the states that drop its digests:
+    edge.uplink.spool, and the store's opening for older stores)."""
+    row = conn.execute(
+        "SELECT 1 FROM uploads WHERE item=? AND (state IN ('receipted', 'rejected') OR purged IS NOT NULL)",
+        (item,),
+    ).fetchone()
+    return row is not None
+
+
+def release_held_upload(conn: sqlite3.Connection, item: str) -> None:
+    """The item's stored copy was replaced by a re-acquisition (inside the transaction that records it):
+    an upload held because the copy was found changed (edge.uplink.spool.hold_stored_copy) is due now."""
+    conn.execute("UPDATE uploads SET held_seq=NULL, next_attempt=0 WHERE item=? AND held_seq IS NOT NULL",
+                 (item,))
 
 
 def forget_prefix_digests(conn: sqlite3.Connection, item: str) -> None:

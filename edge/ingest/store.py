@@ -108,7 +108,9 @@ CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item 
     last_error TEXT,
     receipt TEXT,                     -- canonical JSON of the verified receipt
     receipted TEXT,                   -- station UTC time the receipt verified
-    purged TEXT                       -- station UTC time the local copy was purged
+    purged TEXT,                      -- station UTC time the local copy was purged
+    held_seq INTEGER                  -- seq of the `error` entry (stage `stored copy`) that found its stored
+                                      -- copy changed: not sent until re-acquired or released (NULL: not held)
 );
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, next_attempt);
 CREATE TABLE IF NOT EXISTS prefix_digests (  -- the upload's cache, not evidence: edge.ingest.prefix_digests
@@ -272,6 +274,7 @@ class StationStore:
             _drop_finished_prefix_digests(self.conn)
             Ledger.create_schema(self.conn)
             _migrate_session_order(self.conn)
+            _migrate_upload_hold(self.conn)
             StationWitness.create_schema(self.conn)
             self.sync_log()  # the schema and any migration, durable before anything is built on them
             self._check_station_id()
@@ -392,12 +395,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _drop_finished_prefix_digests(conn: sqlite3.Connection) -> None:
-    """Stores made before the receipt and the purge dropped an item's prefix digests (its upload's cache,
-    edge.ingest.prefix_digests) keep them for items never uploaded again: drop those."""
+    """Stores made before the receipt, the purge and a final refusal dropped an item's prefix digests (its
+    upload's cache, edge.ingest.prefix_digests) keep them for items out of the upload path: drop those."""
     with immediate_transaction(conn):
         conn.execute(
             "DELETE FROM prefix_digests WHERE item IN "
-            "(SELECT item FROM uploads WHERE state='receipted' OR purged IS NOT NULL)"
+            "(SELECT item FROM uploads WHERE state IN ('receipted', 'rejected') OR purged IS NOT NULL)"
         )
 
 
@@ -438,6 +441,16 @@ def _migrate_session_order(conn: sqlite3.Connection) -> None:
                 " WHERE type = 'session_started' AND json_extract(data, '$.session') = sessions.session)")
         log.info("sessions ordered by their session_started entries (started_seq) in an older store")
     conn.execute("CREATE INDEX IF NOT EXISTS sessions_device_order ON sessions(device_serial, started_seq)")
+
+
+def _migrate_upload_hold(conn: sqlite3.Connection) -> None:
+    """Stores made before `uploads.held_seq` kept a damaged copy's hold in the uplink's memory only: the
+    column is added (empty: such an item is held again, with its entry, when next found changed)."""
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(uploads)")}
+    if "held_seq" not in columns:
+        with immediate_transaction(conn):
+            conn.execute("ALTER TABLE uploads ADD COLUMN held_seq INTEGER")
+        log.info("uploads can be held until re-acquired (held_seq) in an older store")
 
 
 class StoreError(Exception):

@@ -189,6 +189,14 @@ def read_segment(fd: int, plan: SegmentPlan, index: int) -> Segment:
         parts.append(block)
         got += len(block)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
+    # Hashed here, never taken from the prefix digests the offload recorded (edge.ingest.prefix_digests):
+    # EMQX's segment checksum is the SHA-256 of this segment alone, and no prefix digest gives that (a
+    # SHA-256 of bytes 0..k is no hasher state to continue from). The file's checksum (init, fin) is the
+    # item's sealed hash, already known, not computed. The uplink's read of the whole copy before an MQTT
+    # upload (edge.uplink.service, Link.checks_content_on_send) cannot be spared by them either: they say
+    # what the copy held at offload, and over MQTT no one compares them with the bytes sent before the
+    # receiver holds the copy whole (tus: the central checks each chunk's recorded digest against the
+    # bytes it received).
     checksum = hashlib.sha256(data).hexdigest()
     return Segment(SegmentCommand(plan.file_id, offset, checksum, plan.mode), data)
 

@@ -26,7 +26,8 @@ STATION::
      "central": {"configured": bool, "reachable": bool | null,   # null: not contacted since start
                  "breaker": "closed" | "open" | "half_open" | null, "last_contact_at": time,
                  "last_receipt_at": time},
-     "spool": {"items": int, "bytes": int, "oldest_at": time},   # sealed, not yet receipted
+     "spool": {"items": int, "bytes": int, "oldest_at": time,   # sealed, not yet receipted
+               "held": int},     # of those, held: stored copy found changed, not sent until re-acquired
      "tasks": [{"name": str, "state": "running" | "restarting" | "failed" | "stopped", "restarts": int,
                 "last_event": str | null,                        # the task's last error, if any
                 "last_event_at": time}],                          # its last useful event (liveness)

@@ -536,6 +536,7 @@ class StatusBoard:
                 "items": store.spool.items if store else None,
                 "bytes": store.spool.bytes if store else None,
                 "oldest_at": store.spool.oldest_at if store else None,
+                "held": store.spool.held if store else None,
             },
             "tasks": [
                 {

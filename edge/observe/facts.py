@@ -31,6 +31,9 @@ class SpoolFacts:
     items: int
     bytes: int
     oldest_at: str | None
+    # Of `items`: those held because the uplink found their stored copy changed (not sent until
+    # re-acquired at a docking or released with `edge uplink retry ITEM`).
+    held: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class StoreFactsReader:
                 "LEFT JOIN uploads USING (item) WHERE items.path IS NOT NULL AND items.manifest IS NOT NULL "
                 "AND (uploads.state IS NULL OR uploads.state IN ('queued', 'uploaded'))"
             ).fetchone()
-            spool = SpoolFacts(int(row[0]), int(row[1]), iso(row[2]))
+            held = conn.execute("SELECT count(*) FROM uploads WHERE held_seq IS NOT NULL").fetchone()
+            spool = SpoolFacts(int(row[0]), int(row[1]), iso(row[2]), int(held[0]))
         receipt = conn.execute("SELECT max(receipted) FROM uploads").fetchone()
         usage = shutil.disk_usage(self.store_dir)
         return StoreFacts(

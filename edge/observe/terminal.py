@@ -162,7 +162,8 @@ def station_lines(station: dict[str, Any]) -> list[str]:
         f"({ledger.get('unwitnessed_entries')} entries not yet witnessed)",
         f"central: {central_text}",
         f"spool: {spool.get('items')} items, {size_text(spool.get('bytes'))}, "
-        f"oldest {spool.get('oldest_at') or '-'}",
+        f"oldest {spool.get('oldest_at') or '-'}"
+        + (f", {spool['held']} held until re-acquired (stored copy changed)" if spool.get("held") else ""),
         f"tasks: {tasks or '-'}",
         f"refusals: {refusals}",
         f"errors: {errors}",

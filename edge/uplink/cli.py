@@ -2,7 +2,9 @@
 
 `edge uplink retry ITEM... --config FILE` and `edge uplink retry --all-rejected --config FILE` send items
 the central refused back to the upload queue (`edge.uplink.requeue`), each with a `requeued` ledger entry
-naming the operator and the refusal it overrides. The command writes the station store, so, like
+naming the operator and the refusal it overrides. A named item held because the uplink found its stored
+copy changed (not sent until re-acquired) is released the same way, its entry naming the one that held it.
+The command writes the station store, so, like
 `edge tag`, it needs the store to itself: stop the agent first (`systemctl stop edge-station`), requeue,
 start it again; the agent sends the requeued items at once.
 
@@ -47,7 +49,8 @@ def cmd_uplink_retry(args: argparse.Namespace) -> int:
         return int(store)
     try:
         items = None if args.all_rejected else args.items
-        done = requeue_rejected(store, items, operator=local_operator(), reason=args.reason or "")
+        done = requeue_rejected(store, items, operator=local_operator(), reason=args.reason or "",
+                                release_held=True)
     except RequeueError as exc:
         return _error(exc)
     finally:
@@ -56,6 +59,10 @@ def cmd_uplink_retry(args: argparse.Namespace) -> int:
         print("no rejected items: nothing to retry")
         return EXIT_OK
     for requeued in done:
+        if requeued.held_seq is not None:
+            print(f"released {requeued.item}: ledger seq {requeued.seq}, held since its stored copy was "
+                  f"found changed at ledger seq {requeued.held_seq} (checked again as it is sent)")
+            continue
         refusal = (
             "no refusal on the ledger"
             if requeued.refusal_seq is None
@@ -73,10 +80,11 @@ def add_uplink_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     commands = uplink.add_subparsers(dest="uplink_command", metavar="COMMAND", required=True)
     retry = commands.add_parser(
         "retry",
-        help="send rejected items back to the upload queue (a `requeued` ledger entry each)",
+        help="send rejected (or held) items back to the upload queue (a `requeued` ledger entry each)",
         description="Send items the central refused back to the upload queue, each with a `requeued` "
-        "ledger entry naming you (your Unix account) and the refusal it overrides. The command needs the "
-        "store to itself: stop the agent first, start it again after.",
+        "ledger entry naming you (your Unix account) and the refusal it overrides. A named item held "
+        "because its stored copy was found changed is released (sent again, checked as it goes). The "
+        "command needs the store to itself: stop the agent first, start it again after.",
     )
     retry.add_argument("items", nargs="*", metavar="ITEM", help="item UUID(s)")
     retry.add_argument("--all-rejected", action="store_true", help="every item the central refused")

@@ -24,11 +24,13 @@ put on the ledger once. A final refusal goes into the item's `error` ledger entr
 `edge uplink retry` requeues the item later (`edge.uplink.requeue`). An item's stored copy must still
 give its recorded hash before the central holds all of it: a damaged copy is never sent whole (the
 central would refuse it for good while its recorder may still hold the file); it is on the ledger once
-and held until a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at
-once. A transport that checks the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
-on that pass, before the central holds it whole, and abandons the upload (tus hashes each chunk, or
-sends the prefix digests the verification re-read recorded at offload, which the central checks against
-the bytes it receives); for any other, the copy is read and hashed before its first byte is sent.
+and held, in state.db (`edge.uplink.spool.hold_stored_copy`: never retried, across restarts), until a
+docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at once, or an
+operator releases it (`edge uplink retry ITEM`). A transport that checks the copy as it sends it (tus:
+``Link.checks_content_on_send``) checks it on that pass, before the central holds it whole, and abandons
+the upload (tus hashes each chunk, or sends the prefix digests recorded when the copy was verified, at
+offload or by a re-acquisition's re-read, which the central checks against the bytes it receives); for
+any other, the copy is read and hashed before its first byte is sent.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -71,7 +73,7 @@ from edge.runtime.supervise import wait_event
 from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.retention import PurgeBudget, RetentionClock, boot_clock
-from edge.uplink.spool import Spool, SpoolEntry, UploadState
+from edge.uplink.spool import Spool, SpoolEntry, UploadState, hold_stored_copy
 from edge.uplink.transport import (
     UPLOAD_LOST,
     Accepted,
@@ -110,8 +112,6 @@ _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
 _REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410", UPLOAD_LOST}
-# The stored-copy check of a transport that hashes what it sends (Link.checks_content_on_send).
-_FOUND_WHILE_SENDING = "uplink while sending (before its last chunk)"
 # Entries that go to the central at once rather than after the push delay: erasures above all.
 _URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
 # Without any new entry the ledger is still compared with the central's this often.
@@ -189,8 +189,6 @@ class UplinkService:
         self._bad_receipts: set[str] = set()
         self._unverified_refusals: set[tuple[str | None, str]] = set()
         self._bad_answers: set[str] = set()
-        # Items whose stored copy was found damaged before sending: held until it is re-acquired.
-        self._damaged: set[str] = set()
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
@@ -233,9 +231,7 @@ class UplinkService:
     # -- what the offloads see (edge.sources.usb.offload.ReceiptGate) ---------------------------------
 
     def item_sealed(self, item: str) -> None:
-        if item in self._damaged:  # its stored copy was re-acquired from the recorder: send it now
-            self._damaged.discard(item)
-            self.spool.defer(item, "stored copy re-acquired", self.clock())
+        # Also told of a re-acquired item: the transaction that recorded it released its hold (spool).
         self._wake.set()
 
     async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]:
@@ -387,12 +383,17 @@ class UplinkService:
             if entry.state is UploadState.QUEUED:
                 if not link.checks_content_on_send:
                     await self._check_stored_copy(entry)
+                # A re-acquisition recorded after this replaced the copy being sent (hold_stored_copy).
+                sending_after = self.store.ledger.head()[0]
                 try:
                     sent = await self._upload(link, entry)
                 except StoredCopyMismatch as exc:
-                    # The transport abandoned that upload: the next attempt starts a new one.
+                    # The transport abandoned that upload: the next attempt starts a new one. It says how it
+                    # found the copy changed: hashing as it sent, or from the central's refusal of a chunk.
                     self.spool.set_upload_url(entry.item, None)
-                    self._stored_copy_damaged(entry, exc.found, _FOUND_WHILE_SENDING)
+                    how = {} if exc.refused_at is None else {"refused_chunk_at": exc.refused_at}
+                    self._stored_copy_damaged(entry, exc.found, exc.found_by, checked_after=sending_after,
+                                              **how)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
                     return
@@ -428,32 +429,36 @@ class UplinkService:
     async def _check_stored_copy(self, entry: SpoolEntry) -> None:
         """Before the first byte is sent, the stored copy must still give the recorded hash: a damaged
         copy would be refused by the central for good, while its recorder may still hold the file. A
-        damaged copy is on the ledger once (`error`, stage `stored copy`) and held (retried slowly);
+        damaged copy is on the ledger once (`error`, stage `stored copy`) and held: not sent again until
         the next docking of a recorder that still holds the file re-acquires it
-        (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once."""
+        (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once, or an
+        operator releases it (`edge uplink retry ITEM`)."""
+        checked_after = self.store.ledger.head()[0]
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _prefix_sha256, entry.path, entry.size)
         if found != entry.sha256:
-            self._stored_copy_damaged(entry, found, "uplink before sending")
+            self._stored_copy_damaged(entry, found, "uplink before sending", checked_after=checked_after)
 
-    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str) -> NoReturn:
-        """On the ledger once (`error`, stage `stored copy`), held until re-acquired; raises
-        :class:`ContentUnreadable`."""
+    def _stored_copy_damaged(
+        self, entry: SpoolEntry, found: str, found_by: str, *, checked_after: int = 0, **facts: Any
+    ) -> NoReturn:
+        """On the ledger once (`error`, stage `stored copy`, with ``facts`` of how it was found) and held
+        in state.db in the same transaction (edge.uplink.spool.hold_stored_copy): not sent again until
+        re-acquired or released by an operator, across restarts. ``checked_after``: the ledger head when
+        the copy began to be read (a re-acquisition recorded after it replaced that copy: not held).
+        Raises :class:`ContentUnreadable`."""
         reason = (
             f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
         )
-        if entry.item not in self._damaged:
-            self._damaged.add(entry.item)
-            self.store.record(
-                EntryType.ERROR,
-                entry.item,
-                {
-                    "stage": "stored copy",
-                    "reason": reason,
-                    "found_by": found_by,
-                    "action": "held until re-acquired from its recorder",
-                },
-            )
+        data = {
+            "stage": "stored copy",
+            "reason": reason,
+            "found_by": found_by,
+            "action": "held until re-acquired from its recorder",
+            **facts,
+        }
+        if hold_stored_copy(self.store, entry.item, data, checked_after=checked_after) is not None:
+            log.error("%s; held until re-acquired or released (edge uplink retry)", reason)
         raise ContentUnreadable(reason)
 
     async def _upload(self, link: Link, entry: SpoolEntry) -> UploadOutcome:

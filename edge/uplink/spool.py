@@ -11,6 +11,12 @@ States: queued (waiting or in flight) → uploaded (content complete at the cent
 the central for a reason retrying cannot fix (a mismatch, a signature), in a refusal the central signed;
 they stay local and are named in the ledger, with that refusal, for a human to examine, who may send them
 back to the queue (`edge uplink retry`, a `requeued` ledger entry).
+
+A queued item whose stored copy the uplink found changed is *held* (`held_seq`: the seq of the `error`
+entry, stage `stored copy`, that found it; set in the same transaction): it is not sent again, however
+often it would have been retried, until a re-acquisition replaces the copy (which releases it in the
+transaction that records `reacquired`: edge.ingest.repository.release_held_upload) or an operator
+releases it (`edge uplink retry ITEM`, a `requeued` entry). It stays held across restarts.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from edge.ingest.store import StationStore
 log = logging.getLogger(__name__)
 # Items per query of an IN list: within SQLite's limit on host parameters whatever the build.
 _ITEMS_PER_QUERY = 500
+
+
+# `previous.state` of a `requeued` entry that released a held item (not an upload state: a held item is
+# queued, and not sent until released).
+HELD = "held"
 
 
 class UploadState(StrEnum):
@@ -86,7 +97,7 @@ class Spool:
             "SELECT uploads.item, uploads.state, uploads.upload_url, uploads.attempts, items.sha256, "
             "items.size, items.path, items.manifest FROM uploads JOIN items USING (item) "
             "WHERE uploads.state IN ('queued', 'uploaded') AND uploads.next_attempt <= ? "
-            "ORDER BY uploads.next_attempt, items.acquired LIMIT ?",
+            "AND uploads.held_seq IS NULL ORDER BY uploads.next_attempt, items.acquired LIMIT ?",
             (now_s, limit + len(busy)),
         ).fetchall()
         entries: list[SpoolEntry] = []
@@ -119,7 +130,7 @@ class Spool:
         busy = set(exclude)
         rows = self.store.conn.execute(
             "SELECT item, next_attempt FROM uploads WHERE state IN ('queued', 'uploaded') "
-            "ORDER BY next_attempt LIMIT ?",
+            "AND held_seq IS NULL ORDER BY next_attempt LIMIT ?",
             (len(busy) + 1,),
         ).fetchall()
         due = [float(row["next_attempt"]) for row in rows if row["item"] not in busy]
@@ -195,6 +206,9 @@ class Spool:
                 "UPDATE uploads SET state=?, last_error=? WHERE item=?",
                 (UploadState.REJECTED.value, f"{code}: {detail}"[:1000], item),
             )
+            # Out of the upload path until a human requeues it (`edge uplink retry`), which then hashes
+            # the copy: its cache goes with the state change.
+            forget_prefix_digests(conn, item)
             self.store.ledger.append(EntryType.ERROR, item, data)
 
     def states(self, items: Iterable[str]) -> dict[str, UploadState]:
@@ -211,22 +225,43 @@ class Spool:
         return [row["item"] for row in rows]
 
     def requeue_rejected(self, requeued: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-        """Send refused items back to the queue, all or none: state queued, attempts and backoff reset,
-        no upload URL (the content goes again), each with its `requeued` ledger entry (``requeued`` maps
-        an item to that entry's data). Returns each item's entry seq. Raises ValueError, changing
-        nothing, when an item is not rejected (any more)."""
+        """Send refused (or held) items back to the queue, all or none: state queued, attempts and backoff
+        reset, no upload URL (the content goes again), not held, each with its `requeued` ledger entry
+        (``requeued`` maps an item to that entry's data; ``data["previous"]["state"]`` says which it
+        was: `rejected`, or `held` with the holding entry's ``seq``). Returns each item's entry seq.
+        Raises ValueError, changing nothing, when an item is not (any more) what its data says."""
         seqs: dict[str, int] = {}
         with self.store.transaction() as conn:
             for item, data in requeued.items():
-                changed = conn.execute(
-                    "UPDATE uploads SET state=?, upload_url=NULL, attempts=0, next_attempt=0, "
-                    "last_error=NULL WHERE item=? AND state=?",
-                    (UploadState.QUEUED.value, item, UploadState.REJECTED.value),
-                ).rowcount
-                if changed != 1:
-                    raise ValueError(f"item {item} is not rejected")
+                previous = data.get("previous") or {}
+                if previous.get("state") == HELD:
+                    changed = conn.execute(
+                        "UPDATE uploads SET upload_url=NULL, attempts=0, next_attempt=0, last_error=NULL, "
+                        "held_seq=NULL WHERE item=? AND state=? AND held_seq=?",
+                        (item, UploadState.QUEUED.value, previous.get("seq")),
+                    ).rowcount
+                    if changed != 1:
+                        raise ValueError(f"item {item} is not held")
+                else:
+                    changed = conn.execute(
+                        "UPDATE uploads SET state=?, upload_url=NULL, attempts=0, next_attempt=0, "
+                        "last_error=NULL WHERE item=? AND state=?",
+                        (UploadState.QUEUED.value, item, UploadState.REJECTED.value),
+                    ).rowcount
+                    if changed != 1:
+                        raise ValueError(f"item {item} is not rejected")
                 seqs[item] = self.store.ledger.append(EntryType.REQUEUED, item, dict(data)).seq
         return seqs
+
+    def held(self, items: Iterable[str] | None = None) -> dict[str, int]:
+        """Each held item (of ``items``, or all) with the seq of the `error` entry that holds it."""
+        if items is None:
+            rows: Iterable[sqlite3.Row] = self.store.conn.execute(
+                "SELECT item, held_seq FROM uploads WHERE held_seq IS NOT NULL").fetchall()
+        else:
+            rows = self._rows_of("SELECT item, held_seq FROM uploads WHERE held_seq IS NOT NULL "
+                                 "AND item IN ({marks})", items)
+        return {row["item"]: int(row["held_seq"]) for row in rows}
 
     def defer(self, item: str, error: str, retry_at_s: float) -> None:
         """A transient failure: try again after `retry_at_s` (no ledger entry; the log has it)."""
@@ -318,3 +353,27 @@ class Spool:
     def purged(self, item: str) -> bool:
         row = self.store.conn.execute("SELECT purged FROM uploads WHERE item=?", (item,)).fetchone()
         return row is not None and row[0] is not None
+
+
+def hold_stored_copy(
+    store: StationStore, item: str, data: Mapping[str, Any], *, checked_after: int
+) -> int | None:
+    """The uplink found ``item``'s stored copy changed: put that on the ledger (`error`, ``data``) and hold
+    the item, in one transaction; returns the entry's seq. Nothing is written (None) when the item is
+    held already (the same damage is on the ledger once, whatever restarts come between) or when a
+    `reacquired` entry after seq ``checked_after`` (the ledger head when the copy began to be read)
+    says the copy found changed is no longer the stored one. A function of the store, not of a Spool:
+    the uplink's damage path needs nothing else."""
+    with store.transaction() as conn:
+        row = conn.execute("SELECT held_seq FROM uploads WHERE item=?", (item,)).fetchone()
+        if row is not None and row[0] is not None:
+            return None
+        replaced = conn.execute(
+            "SELECT 1 FROM ledger WHERE item=? AND type=? AND seq>?",
+            (item, EntryType.REACQUIRED.value, checked_after),
+        ).fetchone()
+        if replaced is not None:
+            return None
+        seq = store.ledger.append(EntryType.ERROR, item, dict(data)).seq
+        conn.execute("UPDATE uploads SET held_seq=? WHERE item=?", (seq, item))
+        return seq

@@ -58,6 +58,7 @@ from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.ingest.prefix_digests import PrefixDigests
 
 __all__ = [
+    "FOUND_WHILE_SENDING",
     "UPLOAD_LOST",
     "Accepted",
     "ContentUnreadable",
@@ -86,14 +87,25 @@ class ContentUnreadable(Exception):
     problem, never held against the central or the evidence."""
 
 
+# How a transport that checks the content as it sends it found a stored copy changed, by default: its
+# hash of what it sent, before the last chunk went (StoredCopyMismatch.found_by, the ledger's `found_by`).
+FOUND_WHILE_SENDING = "uplink while sending (before its last chunk)"
+
+
 class StoredCopyMismatch(ContentUnreadable):
     """A transport that checks the content on the pass that sends it (``Link.checks_content_on_send``)
     found that the stored copy no longer gives the item's SHA-256 (``found``), before the central held
-    all of it; the upload in progress is abandoned."""
+    all of it; the upload in progress is abandoned. ``found_by`` says how, for the ledger (the default:
+    hashed as it was sent); ``refused_at``, when the central's refusal of the chunk at that offset
+    led to it."""
 
-    def __init__(self, message: str, found: str) -> None:
+    def __init__(
+        self, message: str, found: str, *, found_by: str = FOUND_WHILE_SENDING, refused_at: int | None = None
+    ) -> None:
         super().__init__(message)
         self.found = found
+        self.found_by = found_by
+        self.refused_at = refused_at
 
 
 @dataclass(frozen=True)

@@ -225,11 +225,15 @@ class LocalFileError(UplinkError):
 
 class ContentMismatch(LocalFileError):
     """The file read for upload does not give the expected SHA-256 (``found``): the stored copy changed.
-    Found before the last chunk was sent; the upload was terminated (best effort)."""
+    Found before the server held the whole content: hashed as it was sent, before the last chunk went
+    (``refused_at`` None); or sent with recorded digests, when the server refused the chunk at offset
+    ``refused_at`` (460) and the copy's re-read through it gave neither the recorded digest nor, whole,
+    the expected hash (that chunk may be the last). The upload was terminated (best effort)."""
 
-    def __init__(self, message: str, *, url: str | None, found: str) -> None:
+    def __init__(self, message: str, *, url: str | None, found: str, refused_at: int | None = None) -> None:
         super().__init__(message, url=url)
         self.found = found
+        self.refused_at = refused_at
 
 
 # --------------------------------------------------------------------------------------------------
@@ -711,6 +715,7 @@ class TusClient:
                     f"verified, and the whole copy gives {check.whole}, expected {sealed}",
                     url=url,
                     found=check.whole,
+                    refused_at=start,
                 )
             # The copy is whole: the recorded digest is what is wrong. Hashing decides.
             log.warning(

@@ -51,12 +51,19 @@ from edge.uplink.tus_client import (
     UplinkError,
 )
 
-__all__ = ["TusLink", "TusTransport", "outcome_of_rejection", "upload_id"]
+__all__ = ["TusLink", "TusTransport", "found_at_refused_chunk", "outcome_of_rejection", "upload_id"]
 
 log = logging.getLogger(__name__)
 
 UPLOADS_PATH = "/v1/uploads"
 _MAX_FILENAME_CHARS = 200
+
+
+def found_at_refused_chunk(offset: int) -> str:
+    """The ledger's ``found_by`` for a stored copy found changed because the central refused a chunk sent
+    with its recorded prefix digest and the copy's re-read did not give that digest (nor its sealed hash)."""
+    return (f"uplink after the central refused the chunk at offset {offset} (460): the stored copy's re-read "
+            "differs from the digest recorded when the copy was verified")
 
 
 def upload_id(url: str) -> str:
@@ -138,13 +145,17 @@ class TusLink(ApiLinkCalls):
         try:
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
-            # With the prefix digests recorded at offload the chunks go without hashing the copy again.
+            # With the prefix digests recorded when the copy was verified the chunks go without hashing
+            # the copy again.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
                                            on_created=on_resume, expected_sha256=parcel.sha256,
                                            recorded=parcel.prefix_digests,
                                            on_recorded_wrong=parcel.forget_prefix_digests)
         except ContentMismatch as exc:
-            raise StoredCopyMismatch(str(exc), exc.found) from exc
+            if exc.refused_at is None:  # hashed as it was sent: found before its last chunk went
+                raise StoredCopyMismatch(str(exc), exc.found) from exc
+            raise StoredCopyMismatch(str(exc), exc.found, found_by=found_at_refused_chunk(exc.refused_at),
+                                     refused_at=exc.refused_at) from exc
         except LocalFileError as exc:
             raise ContentUnreadable(str(exc)) from exc
         except ServerRejected as exc:

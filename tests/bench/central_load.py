@@ -64,6 +64,7 @@ from tests.bench.load_receivers import (  # noqa: E402
     peak_rss_mb,
 )
 from tests.bench.load_stations import (  # noqa: E402
+    BaselineRetries,
     Station,
     build_station,
     make_templates,
@@ -115,10 +116,13 @@ def run(args: argparse.Namespace, work: Path, storage: SharedStorage) -> dict[st
         files = [path for s in stations for path in s.stored_files()]
         drop_cache(files)
         central_before, storage_before = receivers.cpu_s(), storage.cpu_s()
-        base_s, base_cpu, base_bytes = asyncio.run(run_baseline(stations, args.concurrency, own_cpu_s))
+        base_retries = BaselineRetries()
+        base_s, base_cpu, base_bytes = asyncio.run(run_baseline(stations, args.concurrency, own_cpu_s,
+                                                                base_retries))
         base_central = [a - b for a, b in zip(receivers.cpu_s(), central_before, strict=True)]
         baseline = {
             "seconds": round(base_s, 3), "mb_s": round(base_bytes / MIB / base_s, 1),
+            "retried_busy": base_retries.count,
             "station_cpu_s_per_gb": per_gb(base_cpu, base_bytes),
             "central_cpu_s_per_gb": per_gb(sum(base_central), base_bytes),
             "storage_cpu_s_per_gb": {k: per_gb(v - storage_before[k], base_bytes)

@@ -91,7 +91,10 @@ def agency_storage(memstore_bytes: int) -> Iterator[SharedStorage]:
     from tests.central.pg import fresh_database, running_postgres
     from tests.central.s3 import new_bucket
 
-    with running_postgres() as server, fresh_database(server) as database, \
+    # PostgreSQL's own default max_connections (an agency's server as installed), not the tests' small 40:
+    # each receiver may hold [uploads] max_upload_connections (20) for writes beside its index pool (README:
+    # several receivers), so two receivers at the defaults need about 72.
+    with running_postgres(max_connections=100) as server, fresh_database(server) as database, \
             running_ceph(memstore_bytes) as gateway:
         bucket = new_bucket(gateway)
         postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])

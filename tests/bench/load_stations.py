@@ -238,19 +238,37 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
 # -- the baseline ------------------------------------------------------------------------------------
 
 
-async def _plain_post(session: aiohttp.ClientSession, url: str, path: Path) -> int:
+# The central answers 503 (a receiver's [uploads] max_upload_connections) or 429 (a station's
+# station_max_writes) with Retry-After when it is writing as many uploads as it may; the baseline waits and
+# sends again, as `curl --retry` does. Counted, and printed with the figures.
+BASELINE_RETRY_CODES = {429, 503}
+BASELINE_MAX_RETRIES = 1000
+
+
+@dataclass
+class BaselineRetries:
+    count: int = 0
+
+
+async def _plain_post(session: aiohttp.ClientSession, url: str, path: Path, retries: BaselineRetries) -> int:
     size = path.stat().st_size
-    with open(path, "rb") as body:
-        async with session.post(f"{url}/v1/uploads", data=body, headers={
-            "Tus-Resumable": "1.0.0", "Upload-Length": str(size),
-            "Content-Type": "application/offset+octet-stream",
-        }) as answer:
-            if answer.status != 201:
-                raise SystemExit(f"baseline POST to {url}: {answer.status} {(await answer.text())[:500]}")
-    return size
+    for _ in range(BASELINE_MAX_RETRIES):
+        with open(path, "rb") as body:
+            async with session.post(f"{url}/v1/uploads", data=body, headers={
+                "Tus-Resumable": "1.0.0", "Upload-Length": str(size),
+                "Content-Type": "application/offset+octet-stream",
+            }) as answer:
+                if answer.status == 201:
+                    return size
+                if answer.status not in BASELINE_RETRY_CODES:
+                    raise SystemExit(f"baseline POST to {url}: {answer.status} {(await answer.text())[:500]}")
+                wait_s = float(answer.headers.get("Retry-After", "1") or 1)
+        retries.count += 1
+        await asyncio.sleep(min(max(wait_s, 0.1), 10.0))
+    raise SystemExit(f"baseline POST to {url}: still refused after {BASELINE_MAX_RETRIES} tries")
 
 
-async def _station_baseline(station: Station, concurrency: int) -> int:
+async def _station_baseline(station: Station, concurrency: int, retries: BaselineRetries) -> int:
     files = station.stored_files()
     connector = aiohttp.TCPConnector(ssl=client_ssl_context(station.bundle), limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -258,15 +276,16 @@ async def _station_baseline(station: Station, concurrency: int) -> int:
 
         async def one(path: Path) -> int:
             async with gate:
-                return await _plain_post(session, station.receiver, path)
+                return await _plain_post(session, station.receiver, path, retries)
 
         return sum(await asyncio.gather(*(one(path) for path in files)))
 
 
-async def run_baseline(stations: list[Station], concurrency: int, cpu_s: Callable[[], float]
-                       ) -> tuple[float, float, int]:
+async def run_baseline(stations: list[Station], concurrency: int, cpu_s: Callable[[], float],
+                       retries: BaselineRetries | None = None) -> tuple[float, float, int]:
     """(seconds, CPU seconds of this process, bytes): every station's stored files sent at once."""
+    retries = retries if retries is not None else BaselineRetries()
     cpu_before = cpu_s()
     started = time.perf_counter()
-    sent = sum(await asyncio.gather(*(_station_baseline(s, concurrency) for s in stations)))
+    sent = sum(await asyncio.gather(*(_station_baseline(s, concurrency, retries) for s in stations)))
     return time.perf_counter() - started, cpu_s() - cpu_before, sent

@@ -267,3 +267,12 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_every_problem_is_reported_at_once() -> None:
     message = _problem('[central]\nid = ""\nstore_dir = "rel"\n[server]\nport = 0\n')
     assert message.startswith("central.toml: 3 problem(s)")
+
+
+@pytest.mark.parametrize("key", ["max_upload_connections", "station_max_writes"])
+@pytest.mark.parametrize("value", ["0", "-3", '"many"'])
+def test_upload_write_bounds_are_validated(key: str, value: str) -> None:
+    message = _problem(MINIMAL + f"[uploads]\n{key} = {value}\n")
+    assert f"line 5: uploads.{key}" in message
+    # Control: a positive number is taken.
+    assert getattr(_parse(f"[uploads]\n{key} = 7\n").uploads, key) == 7

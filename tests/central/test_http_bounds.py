@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from edge.central import http_server
+from edge.central.app import UPLOAD_WRITES
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.config import ConfigError
 from edge.central.service import start_central
@@ -342,6 +343,63 @@ async def test_a_station_cannot_declare_more_than_its_quota(
         deleted = await raw(central, "DELETE", first, station_headers(station))
         assert deleted.status == 204
         await create_upload(central, station, 1000)
+    finally:
+        await central.running.stop()
+
+
+# -- upload writes per station ----------------------------------------------------------------------------
+
+
+async def test_a_stations_writes_beyond_its_share_get_429_that_its_client_retries(
+    tmp_path: Path, station: FakeStation, other_station: FakeStation
+) -> None:
+    """``[uploads] station_max_writes`` on the embedded store: a station with its share of writes in
+    progress (a stalled PATCH) gets 429 too_many_writes with Retry-After, which the station's own tus
+    client treats as transient; another station is not affected, and once the stalled write ends the
+    station's upload goes through (control)."""
+    central = await start_http_central(tmp_path, dev=True, server={"retry_after_s": 7},
+                                       station_max_writes=1, chunk_timeout_s=600)
+    try:
+        enroll_dev(central, station, other_station)
+        stalled_at = await create_upload(central, station, 1000)
+        _, writer = await asyncio.open_connection("127.0.0.1", central.config.server.port)
+        writer.write(request_bytes("PATCH", stalled_at, [
+            *station_headers(station), ("Content-Type", OCTET), ("Upload-Offset", "0"),
+            ("Content-Length", "1000")], b"s" * 10))
+        await writer.drain()
+        slots = central.running.app[UPLOAD_WRITES]
+        for _ in range(600):
+            if slots.of_station(station.station_id) == 1:
+                break
+            await asyncio.sleep(0.1)  # polling for the stalled request to reach the server, not timing it
+        assert slots.of_station(station.station_id) == 1, repr(slots)
+        content = tmp_path / "clip.mp4"
+        content.write_bytes(b"c" * 1000)
+        async with aiohttp.ClientSession(headers={DEV_STATION_HEADER: station.station_id}) as session:
+            client = TusClient(session, central.url + "/v1/uploads")
+            with pytest.raises(UploadInterrupted) as caught:
+                await client.upload(None, content, 1000, {"item": "i-1"})
+            assert caught.value.status == 429 and caught.value.retry_after_s == 7.0
+            assert not isinstance(caught.value, ServerRejected)
+            early = await raw(central, "POST", "/v1/uploads", expect_continue(station))
+            assert early.status == 429 and refusal(early)["error"] == "too_many_writes"
+            # Another station has its own share.
+            other = await create_upload(central, other_station, 3)
+            reply = await raw(central, "PATCH", other, [
+                *station_headers(other_station), ("Content-Type", OCTET), ("Upload-Offset", "0"),
+                ("Content-Length", "3")], b"abc")
+            assert reply.status == 204, reply.body
+            # Control: the stalled write ends (its client gone); the station's upload goes through.
+            writer.close()
+            for _ in range(600):
+                if slots.of_station(station.station_id) == 0:
+                    break
+                await asyncio.sleep(0.1)  # polling for the server to see the client gone
+            result = await client.upload(caught.value.url, content, 1000, {"item": "i-1"})
+            # The refused creation-with-upload created nothing: the retry creates the upload.
+            assert caught.value.url is None and result.created and result.length == 1000
+        upload = central.running.parts.uploads.get(result.url.rsplit("/", 1)[-1])
+        assert upload is not None and upload.complete
     finally:
         await central.running.stop()
 

@@ -29,6 +29,7 @@ from edge.central.tus_store import (
     UploadInfo,
     UploadNotFoundError,
     UploadTooLargeError,
+    UploadWriteFailedError,
 )
 
 START_S = 1_800_000_000.0
@@ -299,13 +300,24 @@ def test_long_plain_bodies_commit_as_they_stream(tmp_path: Path, clock: FakeCloc
     assert record(store, info.upload_id)["offset"] == 800
 
 
-def test_writes_past_the_length_write_nothing(store: TusUploadStore) -> None:
+def test_writes_past_the_length_write_nothing_and_end_the_write(store: TusUploadStore) -> None:
     info = store.create("s", 10)
     with store.begin_write(info.upload_id, offset=0) as write:
         write.write(b"12345678")
         with pytest.raises(UploadTooLargeError, match="would exceed its length 10"):
             write.write(b"abc")
         assert write.offset == 8
+        # Like any failed call, it ends what this write may store (the HTTP layer answers 413 and discards).
+        refused = rf"upload {info.upload_id}: write refused: an earlier call of this write failed \(Upload"
+        with pytest.raises(UploadWriteFailedError, match=refused + r"TooLargeError: .*exceed its length 10"):
+            write.write(b"90")
+        with pytest.raises(UploadWriteFailedError, match=r"finish refused.*stays at offset 0"):
+            write.finish()
+    assert store.get(info.upload_id).offset == 0  # type: ignore[union-attr]
+    assert part(store, info.upload_id).stat().st_size == 0
+    # Control: the next request, and the same write without the bytes too many, completes the upload.
+    with store.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"12345678")
         write.write(b"90")
         assert write.finish().sha256 == hashlib.sha256(b"1234567890").hexdigest()
 

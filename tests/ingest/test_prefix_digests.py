@@ -201,3 +201,52 @@ def test_no_more_digests_are_recorded_or_kept_than_the_loader_uses(tmp_path: Pat
             assert rows.fetchone()[0] == (1 if kept else 0)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("step_again", [2 * STEP, None], ids=["recorded-again", "none-recorded"])
+async def test_a_repaired_copy_never_keeps_the_damaged_copys_digests(
+    tmp_path: Path, step_again: int | None
+) -> None:
+    """The repair path (IngestPipeline.reacquire) writes a new stored copy: its digests are the ones its own
+    re-read recorded (here at another step: `chunk_mb` changed since the offload), or none at all; the
+    damaged copy's never stay for it."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    content = random.Random("repaired").randbytes(3 * STEP + 7)
+    (drop / "a.bin").write_bytes(content)
+    store = StationStore(tmp_path / "store", STATION)
+    try:
+        source = LocalDirectory(drop, label="drop", station_id=STATION, case={"case_number": ""})
+        first = IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=CHUNK,
+                                                     prefix_step_bytes=STEP))
+        run = await first.ingest(source, source.listing().items)
+        assert run.outcome is IngestOutcome.DONE and len(run.sealed) == 1
+        item = run.sealed[0]
+        record = IngestRepository(store).item(item)
+        assert record is not None and record.path is not None
+        stored = store.layout.root / record.path
+
+        def steps() -> list[int]:
+            return [row[0] for row in store.conn.execute("SELECT step_bytes FROM prefix_digests WHERE item=?",
+                                                         (item,))]
+
+        assert steps() == [STEP]
+        rotten = bytearray(stored.read_bytes())
+        rotten[STEP + 1] ^= 0x01
+        stored.write_bytes(bytes(rotten))
+
+        # Offered again: proven the same original by its hash, the damaged copy is found and rebuilt.
+        again = IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=CHUNK,
+                                                     prefix_step_bytes=step_again))
+        await again.ingest(source, source.listing().items, prove_by_hash=True)
+        assert [e.item for e in store.ledger.entries() if e.type == "reacquired"] == [item]
+        assert stored.read_bytes()[: len(content)] == content
+
+        if step_again is None:
+            assert steps() == [], "the damaged copy's digests were kept for the repaired copy"
+        else:
+            assert steps() == [step_again]
+            digests = load_prefix_digests(store.conn, item, record.sha256, record.size)
+            assert digests is not None and split(digests) == expected_digests(content, step_again)
+    finally:
+        store.close()

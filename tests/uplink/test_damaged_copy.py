@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge.central.service import start_central
 from edge.ingest.store import StationStore
+from edge.uplink.tus_transport import found_at_refused_chunk
 from edge.verify.station import verify_store
 from tests.station.harness import eventually, simulated_station, spec
 from tests.uplink.test_uplink_station import enrolled_central
@@ -47,8 +48,10 @@ async def test_a_damaged_copy_is_never_sent_and_is_reacquired_when_its_recorder_
             # The others are sent and receipted; the damaged one is held, on the ledger once.
             await eventually(lambda: len(station.ledger("receipt")) == 2, timeout_s=60)
             found = [e for e in _entries(store, item, "error") if e.get("stage") == "stored copy"]
-            # tus hashes the copy as it sends it: found on that pass, before its last chunk went.
-            assert [e["found_by"] for e in found] == ["uplink while sending (before its last chunk)"]
+            # tus sends its only chunk with the digest recorded at offload: the central refuses it (460) and
+            # the station's re-read finds the copy changed (hashed as it is sent: tests/uplink/
+            # test_stored_copy_found_by.py).
+            assert [e["found_by"] for e in found] == [found_at_refused_chunk(0)]
             assert _entries(store, item, "uploaded") == [] and _entries(store, item, "refused") == []
             assert uplink_service.spool.counts().get("rejected") is None, "not refused for good"
 

@@ -436,6 +436,7 @@ async def test_a_stored_copy_that_no_longer_gives_its_hash_is_never_completed(
     with pytest.raises(ContentMismatch) as caught:
         await client.upload(None, path, size, {}, on_created=created.append, expected_sha256=sealed)
     assert caught.value.found == hashlib.sha256(rotten).hexdigest() and caught.value.url == created[0]
+    assert caught.value.refused_at is None  # found hashing it as it was sent, no chunk refused
     # The last chunk never went, and the upload was terminated: the central holds nothing of it.
     assert store.get(upload_id(created[0])) is None and list(store.root.glob("*.part")) == []
     # Control: the intact copy goes through with the same check.

@@ -155,6 +155,7 @@ async def test_a_copy_changed_after_offload_ends_in_content_mismatch_not_a_loop_
     assert caught.value.found == hashlib.sha256(rotten).hexdigest()
     assert "changed since it was verified" in str(caught.value)
     assert f"refused the chunk at {CHUNK * damaged}" in str(caught.value)
+    assert caught.value.refused_at == CHUNK * damaged  # how it was found, for the ledger
     assert hashing.checks == 1, "one refusal, checked once, no loop"
     assert [o for o, *_ in hashing.chunks] == read
     # The upload was terminated: the central holds nothing of it.

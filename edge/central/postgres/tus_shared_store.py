@@ -17,6 +17,11 @@ other, and a receiver that dies mid-request only costs the station a resume (HEA
   ``Upload-Offset`` says where the client goes on, and it re-sends from there. So a station's chunk size
   should be a multiple of the part size (``[uploads] s3_part_mb``; the station's ``uplink.chunk_mb``
   default of 8 and the part default of 8 agree), or every chunk re-sends its tail.
+- **A commit whose outcome is unknown** (psycopg raised: the COMMIT may have been applied and its answer
+  lost) answers 503 and deletes none of its parts blindly: the database is read back (on the write's own
+  connection if it still works, else on a new one once the old session gave the upload's lock back) and
+  only part versions that ``tus_upload_parts`` does not reference are deleted; when that cannot be told,
+  none (the upload's removal or purge deletes every version under it). HEAD reports what was kept.
 - **One writer at a time**, across receivers: a write holds PostgreSQL's session advisory lock of the
   upload on its own connection; another request gets :class:`UploadBusyError` (409 upload_busy). A
   receiver that dies loses its connection and with it the lock, so the resume on another receiver is
@@ -84,6 +89,9 @@ _S3_MIN_PART_BYTES = 5 << 20
 _LEASE_S = 3600.0
 # Connections kept open for later requests (more are opened while many requests write at once).
 _IDLE_CONNECTIONS = 4
+# How long the settling of a commit whose outcome is unknown waits for the failed session to end (its
+# lock given back) before it gives up and deletes none of the parts (SharedTusStore._committed_parts).
+_SETTLE_WAIT_S = 5.0
 # Uploads whose running hash (and, apart, whose completed hash) this receiver remembers at most (review 13
 # #7): each entry also leaves at its upload's expiry; one evicted costs a read-back from the bucket.
 REMEMBERED_UPLOADS = 10_000
@@ -381,6 +389,43 @@ class SharedTusStore(LeasedRemoval):
         self._unlock(conn, upload_id)
         self._connections.give_back(conn)
 
+    def _committed_parts(
+        self, conn: Connection, upload_id: str, pending: list[_Part]
+    ) -> tuple[UploadInfo | None, list[_Part]] | None:
+        """After a commit of ``pending`` whose outcome is unknown (it raised): the upload's record as the
+        database holds it and those of ``pending`` its parts reference; None when that cannot be told now.
+
+        ``conn`` is the write's own connection. Still usable, it holds the upload's lock and its
+        transaction ended (the server answered, with an error: rolled back): it reads the truth. Broken,
+        the server may still hold the session, its transaction and the lock (the answer was lost, not
+        the COMMIT): it is closed, and a new connection waits up to ``_SETTLE_WAIT_S`` for the upload's
+        lock, which the old session keeps until it ended (committed or rolled back for good). A lock
+        not given in time (that session lingers, or another request writes the upload now) or a
+        database that does not answer: None."""
+        numbers = [part.number for part in pending]
+        query = ("SELECT part, version_id FROM tus_upload_parts WHERE upload_id = %s AND part = ANY(%s)")
+        try:
+            if not conn.broken and not conn.closed \
+                    and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                info = self._get(conn, upload_id)
+                rows = conn.execute(query, (upload_id, numbers)).fetchall()
+            else:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with self._connections.borrowed() as fresh, fresh.transaction():
+                    fresh.execute(f"SET LOCAL lock_timeout = '{int(_SETTLE_WAIT_S * 1000)}ms'")
+                    fresh.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(upload_id),))
+                    info = self._get(fresh, upload_id)
+                    rows = fresh.execute(query, (upload_id, numbers)).fetchall()
+        except psycopg.Error as exc:
+            log.warning("upload %s: whether its commit of parts %d-%d was applied cannot be read back now "
+                        "(%s: %s); those parts are kept (the upload's removal or purge deletes them if "
+                        "nothing references them)", upload_id, numbers[0], numbers[-1],
+                        type(exc).__name__, str(exc).strip()[:200])
+            return None
+        referenced = {(int(number), str(version)) for number, version in rows}
+        return info, [part for part in pending if (part.number, part.version_id) in referenced]
+
     # -- registration --------------------------------------------------------------------------------
 
     def complete_path(self, upload_id: str) -> Path:
@@ -545,7 +590,11 @@ class StagedUpload:
 class SharedUploadWrite(UploadWriteBase):
     """One request's append to one shared upload (the :class:`~edge.central.tus_contract.UploadAppend`
     contract): bytes collect into parts of the store's part size, each stored as it fills; see the module
-    docstring for when they commit."""
+    docstring for when they commit. Once a write, a part's storing or a commit raised, every later write
+    and commit raises :class:`~edge.central.tus_store.UploadWriteFailedError` (see
+    :meth:`UploadWriteBase._failing_for_good`): the upload stays at what was committed before, or, when
+    the failed call was a commit whose answer was lost, at what that commit applied (see the module
+    docstring: its parts are kept when the database references them)."""
 
     def __init__(self, store: SharedTusStore, conn: Connection, info: UploadInfo, parts: list[_Part],
                  hasher: Any, checksum: ChunkChecksum | None) -> None:
@@ -562,6 +611,9 @@ class SharedUploadWrite(UploadWriteBase):
         self._chunk = self._new_chunk_hasher()
         self._pending: list[_Part] = []  # stored, not committed (a checksummed chunk not yet verified)
         self._buffer = bytearray()
+        # A commit of ``_pending`` raised: PostgreSQL may have applied it (its answer lost), so those parts
+        # are deleted only once the database is read back and does not reference them (_drop_uncommitted).
+        self._commit_unsettled = False
 
     @property
     def _stored_end(self) -> int:
@@ -579,55 +631,65 @@ class SharedUploadWrite(UploadWriteBase):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._connection()
-        if self.offset + len(data) > self._info.length:
-            raise UploadTooLargeError(f"upload {self.upload_id}: {self.offset + len(data)} bytes would "
-                                      f"exceed its length {self._info.length}")
-        view = memoryview(data)
-        while view:
-            piece = view[: self._part_size - len(self._buffer)]
-            view = view[len(piece):]
-            self._buffer += piece
-            self._whole.update(piece)
-            if self._chunk is not None:
-                self._chunk.update(piece)
-            if len(self._buffer) == self._part_size:
-                self._store_part()
-                if self._checksum is None:
-                    self._commit()
+        with self._failing_for_good("write"):
+            self._check_room(len(data))
+            view = memoryview(data)
+            while view:
+                piece = view[: self._part_size - len(self._buffer)]
+                view = view[len(piece):]
+                self._buffer += piece
+                self._whole.update(piece)
+                if self._chunk is not None:
+                    self._chunk.update(piece)
+                if len(self._buffer) == self._part_size:
+                    self._store_part()
+                    if self._checksum is None:
+                        self._commit()
 
     def _store_part(self) -> None:
+        with self._failing_for_good("store a part"):
+            self._store_buffer()
+
+    def _store_buffer(self) -> None:
         number = (self._pending[-1].number if self._pending else len(self._parts)) + 1
         start = self._stored_end
-        data = bytes(self._buffer)
+        # The buffer itself goes to the bucket (no copy of the part: botocore sends a bytearray as it is,
+        # and a retried PUT sends the same object again), and a new one collects the next part: the one
+        # handed over is never changed, and only one part of the request is held at a time.
+        data, self._buffer = self._buffer, bytearray()
         try:
             version = self._store.staging.put_part(self.upload_id, number, data)
-        except ObjectStoreError as exc:
-            raise UploadStoreUnavailableError(f"upload {self.upload_id}: {exc}") from None
+        except BaseException as exc:
+            self._buffer = data  # not stored: still this request's uncommitted bytes (discard drops them)
+            if isinstance(exc, ObjectStoreError):
+                raise UploadStoreUnavailableError(f"upload {self.upload_id}: {exc}") from None
+            raise
         self._pending.append(_Part(number, start, len(data), version))
-        self._buffer.clear()
         self._at_part_end = self._whole.copy()
 
     def finish(self) -> UploadInfo:
         """End of the body: verify the chunk checksum (if any), then commit its whole parts (and its tail
         when it ends the upload). A mismatch drops the chunk and raises :class:`ChecksumMismatchError`."""
         self._connection()
-        if self._checksum is not None:
-            hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
-            assert hasher is not None  # a per-chunk algorithm has its chunk hasher
-            got = hasher.digest()
-            if not hmac.compare_digest(got, self._checksum.digest):
-                received = self.offset - self._info.offset
-                at = self._info.offset
-                self.discard()
-                raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
-        return self._commit_ending()
+        with self._failing_for_good("finish"):
+            if self._checksum is not None:
+                hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
+                assert hasher is not None  # a per-chunk algorithm has its chunk hasher
+                got = hasher.digest()
+                if not hmac.compare_digest(got, self._checksum.digest):
+                    received = self.offset - self._info.offset
+                    at = self._info.offset
+                    self.discard()
+                    raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
+            return self._commit_ending()
 
     def keep(self) -> UploadInfo:
         """The body ended early: keep its whole parts when it needs no verification, else drop it."""
         self._connection()
-        if self._checksum is not None:
-            return self.discard()
-        return self._commit_ending()
+        with self._failing_for_good("keep"):
+            if self._checksum is not None:
+                return self.discard()
+            return self._commit_ending()
 
     def _commit_ending(self) -> UploadInfo:
         if self._buffer and self.offset == self._info.length:
@@ -641,8 +703,14 @@ class SharedUploadWrite(UploadWriteBase):
         return self._commit()
 
     def discard(self) -> UploadInfo:
-        """Drop everything since the last commit (stored parts of it are deleted)."""
-        for part in self._pending:
+        """Drop everything since the last commit (stored parts of it are deleted; after a commit that
+        raised, only those the database turns out not to reference: see :meth:`_settle_commit`)."""
+        with self._remembering_failure():
+            return self._drop_uncommitted()
+
+    def _drop_uncommitted(self) -> UploadInfo:
+        doomed = self._settle_commit() if self._commit_unsettled else self._pending
+        for part in doomed:
             self._store.staging.delete_version(self._store.staging.key(self.upload_id, part.number),
                                                part.version_id)
         if self._pending or self._buffer:
@@ -654,6 +722,33 @@ class SharedUploadWrite(UploadWriteBase):
         self._at_part_end = self._at_commit.copy()
         self._chunk = self._new_chunk_hasher()
         return self._info
+
+    def _settle_commit(self) -> list[_Part]:
+        """After a commit that raised: the pending parts the database does not reference (to delete); the
+        ones it does are this handle's committed parts from now on. None deleted when it cannot be told."""
+        pending = self._pending
+        self._commit_unsettled = False
+        found = None if self._conn is None else self._store._committed_parts(self._conn, self.upload_id,
+                                                                              pending)
+        if found is None:
+            self._pending = []
+            return []
+        info, committed = found
+        if info is not None and committed == pending and info.offset == self._stored_end:
+            # The commit was applied: its answer was lost. The running hash at its end is this upload's.
+            log.warning("upload %s: the commit to offset %d was applied though its answer was lost; its "
+                        "%d parts are kept", self.upload_id, info.offset, len(pending))
+            self._parts += pending
+            self._info = info
+            self._at_commit = self._at_part_end.copy()
+            self._store._remember(self.upload_id, info.offset, self._at_commit, info.sha256, info.expires)
+            self._pending = []
+            return []
+        if committed:
+            log.warning("upload %s: after a failed commit the database references %d of its %d parts "
+                        "(record at offset %s): those are kept", self.upload_id, len(committed), len(pending),
+                        "none" if info is None else info.offset)
+        return [part for part in pending if part not in committed]
 
     def close(self) -> None:
         """Drop what was not committed and release the upload for the next request (idempotent)."""
@@ -670,6 +765,19 @@ class SharedUploadWrite(UploadWriteBase):
 
     def _commit(self) -> UploadInfo:
         conn = self._connection()
+        with self._failing_for_good("commit"):
+            try:
+                return self._commit_stored(conn)
+            except psycopg.Error as exc:
+                # The COMMIT may have reached the server and its answer been lost: the outcome is unknown,
+                # so neither "kept" nor "not kept" may be said, and the parts are not deleted blindly.
+                self._commit_unsettled = bool(self._pending)
+                raise UploadStoreUnavailableError(
+                    f"upload {self.upload_id}: the database failed during the commit of bytes "
+                    f"{self._info.offset}-{self._stored_end} ({type(exc).__name__}); whether it was "
+                    f"applied is not known here: HEAD reports the offset kept") from None
+
+    def _commit_stored(self, conn: Connection) -> UploadInfo:
         if not self._pending:
             return self._info
         end = self._stored_end
