@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from edge.central.config import CentralConfig, load_central_config
 from edge.central.console.secret_key import ConsoleSecretKey
@@ -24,9 +25,21 @@ from edge.central.identity import init_central
 from tests.central.ceph import CephGateway
 from tests.central.conftest import PG_PASSWORD_ENV, free_port
 from tests.central.pg import PostgresDatabaseUnderTest
-from tests.central.s3 import SECRET_ENV
+from tests.central.s3 import SECRET_ENV, new_bucket
 
 PART_MB = 5
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ReceiverSite:
+    """A site of the test's own: a fresh database, a new bucket, the secrets in the environment (a module
+    uses it with ``from tests.central.receivers import site as site``)."""
+    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
+    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
+    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 @dataclass(frozen=True)

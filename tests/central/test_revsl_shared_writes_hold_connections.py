@@ -16,30 +16,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from edge.central.service import RunningCentral, start_central
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV, FakeStation
-from tests.central.pg import PostgresDatabaseUnderTest
+from tests.central.conftest import FakeStation
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.receivers import site as site
 
 PART = PART_MB << 20
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
 @pytest.fixture
-async def central(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[RunningCentral]:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    site = ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
+async def central(site: ReceiverSite) -> AsyncIterator[RunningCentral]:
     running = await start_central(site.config(
         "a", uploads="max_size_mb = 64\nstation_quota_mb = 65536\nchunk_timeout_s = 600\n"))
     try:
@@ -54,27 +45,49 @@ async def _create(session: aiohttp.ClientSession, base: str, station: str) -> tu
         return created.status, created.headers.get("Location", await created.text())
 
 
-async def _stalled_patch(port: int, path: str, station: str) -> asyncio.StreamWriter:
+Stalled = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _stalled_patch(port: int, path: str, station: str) -> Stalled:
     """A PATCH announcing a whole part, of which 16 bytes are sent: the request stays open."""
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write((f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
                   f"X-Edge-Station: {station}\r\nUpload-Offset: 0\r\n"
                   f"Content-Type: application/offset+octet-stream\r\nContent-Length: {PART}\r\n\r\n"
                   ).encode("ascii") + b"x" * 16)
     await writer.drain()
-    return writer
+    return reader, writer
 
 
-async def _held(session: aiohttp.ClientSession, base: str, path: str, station: str) -> int:
-    """Probe: 409 once the stalled PATCH holds the upload (its write handle and connection are open)."""
+async def _answered(reader: asyncio.StreamReader) -> bytes:
+    """What the central answered the stalled PATCH so far (b"" while it stays open unanswered)."""
+    try:
+        return await asyncio.wait_for(reader.read(200), timeout=0.05)
+    except TimeoutError:
+        return b""
+
+
+async def _stalled_and_held(
+    session: aiohttp.ClientSession, base: str, port: int, path: str, station: str
+) -> tuple[asyncio.StreamWriter, int]:
+    """A stalled PATCH holding the upload, and the probe's answer: 409 once it holds it (its write handle
+    and connection are open), another status once the central refuses the station's writes. The probe's
+    own empty PATCH holds the upload for a moment: a stalled PATCH arriving then is answered 409 and is
+    sent again (seen under load, in runs with other shared-store tests before it)."""
+    reader, writer = await _stalled_patch(port, path, station)
+    answered = b""
     for _ in range(600):
         async with session.patch(f"{base}{path}", data=b"", headers={
                 **TUS, "X-Edge-Station": station, "Upload-Offset": "0",
                 "Content-Type": "application/offset+octet-stream"}) as answer:
             if answer.status != 204:
-                return answer.status
+                return writer, answer.status
+        if now_answered := await _answered(reader):
+            answered = now_answered
+            writer.close()
+            reader, writer = await _stalled_patch(port, path, station)
         await asyncio.sleep(0.1)  # polling for the stalled request to reach the store, not timing it
-    raise AssertionError("the stalled PATCH never took its upload")
+    raise AssertionError(f"the stalled PATCH never took its upload; it was last answered {answered[:200]!r}")
 
 
 @pytest.mark.parametrize("stalled", [45, 3], ids=["more-than-max-connections", "control"])
@@ -96,8 +109,9 @@ async def test_one_stations_stalled_patches_leave_the_database_to_other_stations
                     probes.append(status)
                     break
                 path = location[location.index("/v1/"):]
-                writers.append(await _stalled_patch(port, path, attacker.station_id))
-                probes.append(await _held(session, base, path, attacker.station_id))
+                writer, probe = await _stalled_and_held(session, base, port, path, attacker.station_id)
+                writers.append(writer)
+                probes.append(probe)
                 if probes[-1] != 409:
                     break
             status, detail = await _create(session, base, victim.station_id)

@@ -13,33 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 import pytest
 
 from edge.central.postgres.tus_shared_store import SharedTusStore, _lock_key
 from edge.central.service import start_central
 from edge.central.tus_contract import UploadStoreUnavailableError
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV
 from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.receivers import site as site
 from tests.central.test_tus_shared_store import _staged_keys
 
 STATION = "station-unknown"
 PART = PART_MB << 20
 UNKNOWN = r"the database failed during the commit of bytes 0-\d+ .*whether it was applied is not known"
 
-
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ReceiverSite:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 def _write_backend(pg: PostgresDatabaseUnderTest) -> int:

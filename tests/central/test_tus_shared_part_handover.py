@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,24 +24,13 @@ from edge.central.service import start_central
 from edge.central.tus_contract import UploadStoreUnavailableError
 from edge.central.tus_staging import STAGING_PREFIX
 from edge.central.tus_store import UploadInfo
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV
-from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket, raw_client
+from tests.central.receivers import site as site
+from tests.central.s3 import raw_client
 
 STATION = "station-a"
 PART = PART_MB << 20
 
-
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ReceiverSite:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 class FirstAttemptLost:

@@ -31,25 +31,15 @@ from edge.central.tus_staging import STAGING_PREFIX
 from edge.custody.receipt import verify_receipt
 from edge.uplink.policy import RateLimiter
 from edge.uplink.tus_client import PREFIX_SHA256, TusClient, UploadInterrupted
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV, FakeStation, free_port, post_json
-from tests.central.pg import PostgresDatabaseUnderTest
+from tests.central.conftest import FakeStation, free_port, post_json
 from tests.central.receivers import PART_MB, ReceiverProcess, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket, raw_client, s3_objects_config
+from tests.central.receivers import site as site
+from tests.central.s3 import raw_client, s3_objects_config
 
 PART = PART_MB << 20
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = "application/offset+octet-stream"
 
-
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ReceiverSite:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 @dataclass

@@ -22,17 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge.central import tus
 from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.service import start_central
 from edge.central.tus_store import ChunkChecksum
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV
-from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.receivers import site as site
 from tests.central.test_tus_shared_store import _staged_keys
 from tests.central.test_tus_write_behind_review import (
     STATION,
@@ -122,15 +117,6 @@ async def _body_error_while_a_part_is_stored(
             gc.collect()
         leaked.extend(str(w.message) for w in lost if "psycopg" in str(w.message))
 
-
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ReceiverSite:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 async def test_a_corrupt_tls_record_while_a_part_is_stored_runs_nothing_beside_it(

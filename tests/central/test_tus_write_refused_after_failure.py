@@ -25,11 +25,8 @@ from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.service import start_central
 from edge.central.tus_contract import UploadStoreUnavailableError
 from edge.central.tus_store import TusUploadStore, UploadWriteFailedError
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV
-from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.receivers import site as site
 from tests.central.test_tus_shared_store import _staged_keys
 
 STATION = "station-a"
@@ -159,15 +156,6 @@ def test_local_commit_after_a_failed_fsync_is_refused(
     assert store.get(upload).offset == 0  # type: ignore[union-attr]
     assert content.stat().st_size == 0
 
-
-@pytest.fixture
-def site(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ReceiverSite:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    return ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
 
 
 def _parts_through_a_refused_put(store: SharedTusStore, data: bytes, *, refused: bool) -> str:

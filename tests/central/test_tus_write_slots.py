@@ -14,7 +14,6 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,11 +21,10 @@ import pytest
 from edge.central.app import UPLOAD_WRITES
 from edge.central.limits import UploadWriteSlots
 from edge.central.service import RunningCentral, start_central
-from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV, FakeStation
+from tests.central.conftest import FakeStation
 from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket
+from tests.central.receivers import site as site
 
 PART = PART_MB << 20
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -38,13 +36,7 @@ UPLOAD_CONNECTIONS = "edge-central central-test uploads"
 
 
 @pytest.fixture
-async def central(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, ceph_gateway: CephGateway,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[RunningCentral]:
-    monkeypatch.setenv(PG_PASSWORD_ENV, pg_database.password)
-    monkeypatch.setenv(SECRET_ENV, ceph_gateway.secret_access_key)
-    site = ReceiverSite(tmp_path, pg_database, ceph_gateway, new_bucket(ceph_gateway))
+async def central(site: ReceiverSite) -> AsyncIterator[RunningCentral]:
     running = await start_central(site.config("a", uploads=(
         f"max_size_mb = 64\nchunk_timeout_s = 600\nmax_upload_connections = {MAX_WRITES}\n"
         f"station_max_writes = {PER_STATION}\n")))
