@@ -929,12 +929,8 @@ class UploadWriteBase(ABC):
                 f"({type(earlier).__name__}: {str(earlier)[:300]}); nothing more is stored or committed, "
                 f"the upload stays at offset {self._info.offset}"
             ) from earlier
-        try:
+        with self._remembering_failure():
             yield
-        except BaseException as exc:
-            if self._failed is None:
-                self._failed = exc
-            raise
 
     @contextlib.contextmanager
     def _remembering_failure(self) -> Iterator[None]:
